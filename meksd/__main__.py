@@ -1,0 +1,3 @@
+from meksd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""The ``meksd`` command line: argument parsing, and the only place that maps errors
+to exit codes.
+
+```
+meksd run [--config FILE] [--log-level LEVEL]    serve (embedded default config without --config)
+meksd check-config FILE                          validate a config file
+meksd replay FILE.jsonl [--room ID] [--json] [--streak-timeout S] [--top N]
+meksd logs [FILE] [--room ROOM] [--level LEVEL] [-f]
+meksd --version
+```
+
+Exit codes (sysexits.h): 0 success; 64 ``EX_USAGE`` bad command line; 66
+``EX_NOINPUT`` an input file cannot be read; 78 ``EX_CONFIG`` invalid configuration;
+130 interrupted by Ctrl-C before meksd took over signals. ``meksd run`` handles
+SIGINT and SIGTERM itself, shuts down gracefully and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import orjson
+
+from meksd import __version__
+from meksd.config import LOG_LEVELS, default_config, load_config
+from meksd.errors import ConfigError, InputError, MeksdError, UsageError
+
+__all__ = ["EX_CONFIG", "EX_NOINPUT", "EX_USAGE", "main"]
+
+EX_USAGE = 64
+EX_NOINPUT = 66
+EX_CONFIG = 78
+EX_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that raises ``UsageError`` instead of exiting with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``meksd`` argument parser (each subcommand sets ``handler``)."""
+    parser = _Parser(
+        prog="meksd",
+        description="Live-stream event broker: room feeds in, leaderboards and battles out "
+        "to dashboards over WebSocket.",
+    )
+    parser.add_argument("--version", action="version", version=f"meksd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="serve rooms to dashboards")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration (default: the embedded demo room fed by the simulator)",
+    )
+    run.add_argument("--log-level", type=_log_level, metavar="LEVEL", help="override [log] level")
+    run.set_defaults(handler=_cmd_run)
+
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(handler=_cmd_check_config)
+
+    replay = commands.add_parser(
+        "replay",
+        help="run a JSONL feed through normalize and reduce; print the leaderboard",
+        description="Replay a JSONL feed through meksd's core, without timing, and print "
+        "what a room would show: leaderboard, totals, pending streaks, rejections.",
+    )
+    replay.add_argument("file", metavar="FILE.jsonl")
+    replay.add_argument("--room", default="replay", metavar="ID", help="room id to report")
+    replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    replay.add_argument(
+        "--streak-timeout",
+        type=_positive_float,
+        default=15.0,
+        metavar="S",
+        help="close streaks without an end event after S seconds of feed time (default 15)",
+    )
+    replay.add_argument(
+        "--top", type=int, default=20, metavar="N", help="leaderboard rows to print (0: all)"
+    )
+    replay.set_defaults(handler=_cmd_replay)
+
+    logs = commands.add_parser("logs", help="read meksd's JSON log lines as text")
+    from meksd import logview
+
+    logview.add_arguments(logs)
+    logs.set_defaults(handler=logview.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_usage(sys.stderr)
+            raise UsageError("a command is required (run, check-config, replay, logs)")
+        return handler(args)
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    except KeyboardInterrupt:
+        return EX_INTERRUPTED
+    except ConfigError as exc:
+        for message in exc.messages:
+            print(f"meksd: config error: {message}", file=sys.stderr)
+        return EX_CONFIG
+    except UsageError as exc:
+        print(f"meksd: error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except InputError as exc:
+        print(f"meksd: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    except MeksdError as exc:  # pragma: no cover - every subclass is mapped above
+        print(f"meksd: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from meksd.logsetup import configure_logging
+
+    config = load_config(args.config) if args.config else default_config()
+    configure_logging(args.log_level or config.log.level)
+    from meksd.runtime.app import serve
+
+    trio.run(serve, config)
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    sources = sum(len(room.sources) for room in config.rooms)
+    print(f"OK: {args.file}: {len(config.rooms)} room(s), {sources} source(s)")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from meksd.config import RoomSettings, room_config
+    from meksd.playground import format_report, replay_lines, report_to_json
+
+    try:
+        with open(args.file, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    settings = RoomSettings(id=args.room, streak_timeout_s=args.streak_timeout)
+    report = replay_lines(
+        data.split(b"\n"),
+        room_id=args.room,
+        config=room_config(settings),
+        max_record_bytes=settings.max_record_bytes,
+    )
+    if args.json:
+        text = orjson.dumps(report_to_json(report), option=orjson.OPT_INDENT_2).decode()
+    else:
+        text = format_report(report, top=args.top)
+    print(text)
+    return 0

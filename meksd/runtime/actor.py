@@ -1,0 +1,167 @@
+"""The room actor: sole owner of a room's state.
+
+The loop has exactly one ``await``: taking the next item from the inbox. Everything
+after it — draining what else is queued, reducing, expiring streaks, encoding and
+publishing — is one synchronous step. A cancellation therefore lands either before
+an event is taken (it stays in the channel) or after it is fully applied; there is
+no state in between (see ``tests/test_actor_cancel.py``).
+
+Publishing is coalesced per tick with a leading and a trailing edge: an idle room
+publishes at once; a busy one at most once per ``tick_s``. The changes waiting for
+the next tick (``pending``) are swapped together with the state, as one
+:class:`Owned` value, so a restarted actor publishes them rather than losing them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import attrs
+import orjson
+import trio
+from loguru import logger
+
+from meksd.core.delta import merge
+from meksd.core.reduce import expire, next_deadline, reduce
+from meksd.core.wire import delta_message
+from meksd.model.events import Event
+from meksd.model.state import EMPTY_DELTA, Delta, RoomState
+from meksd.runtime.hub import RoomFeed
+from meksd.runtime.stats import RoomCounters
+
+MAX_BATCH = 512
+"""Most events reduced in one step; bounds the time one step holds the loop."""
+
+
+@attrs.frozen
+class Probe:
+    """A round trip through the actor (the watchdog's liveness check).
+
+    The actor sets ``done`` when it reaches the probe in its inbox, after every
+    event queued before it has been applied.
+    """
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+InboxItem = Event | Probe
+
+
+@attrs.frozen
+class Owned:
+    """What the actor owns: the room state and the changes not yet published."""
+
+    state: RoomState
+    pending: Delta = EMPTY_DELTA
+
+
+class RoomActor:
+    """Applies a room's events and publishes deltas to its :class:`RoomFeed`."""
+
+    def __init__(
+        self,
+        owned: Owned,
+        feed: RoomFeed,
+        inbox: trio.MemoryReceiveChannel[InboxItem],
+        *,
+        tick_s: float,
+        counters: RoomCounters,
+    ) -> None:
+        self.owned = owned
+        self.feed = feed
+        self.inbox = inbox
+        self.tick_s = tick_s
+        self.counters = counters
+        self._next_publish = -math.inf
+        self._log = logger.bind(room=owned.state.room_id)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until the inbox is closed and drained."""
+        task_status.started()
+        while True:
+            batch: list[InboxItem] = []
+            with trio.move_on_at(self._deadline()):
+                try:
+                    batch.append(await self.inbox.receive())
+                except trio.EndOfChannel:
+                    self.step([], trio.current_time(), final=True)
+                    return
+            # No checkpoint from here to the end of the iteration.
+            self._drain_into(batch)
+            self.step(batch, trio.current_time())
+
+    def _deadline(self) -> float:
+        owned = self.owned
+        deadline = math.inf
+        if not owned.pending.empty:
+            deadline = self._next_publish
+        streak_deadline = next_deadline(owned.state)
+        if streak_deadline is not None:
+            deadline = min(deadline, streak_deadline)
+        return deadline
+
+    def _drain_into(self, batch: list[InboxItem]) -> None:
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self.inbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+
+    def step(self, batch: Sequence[InboxItem], now: float, *, final: bool = False) -> None:
+        """Apply ``batch`` at ``now``, then publish if due. Synchronous: never checkpoints."""
+        events = [item for item in batch if not isinstance(item, Probe)]
+        state, pending = self.owned.state, self.owned.pending
+        if events:
+            self.counters.events += len(events)
+            state, delta = self._reduce(state, events)
+            pending = merge(pending, delta)
+        due = next_deadline(state)
+        if due is not None and due <= now:
+            before = state
+            state, delta = expire(state, now)
+            self.counters.streaks_timed_out += sum(
+                1 for g in delta.gifts if g.streak == "timeout"
+            )
+            if state is not before:
+                pending = merge(pending, delta)
+        self.owned = Owned(state, pending)
+        if not pending.empty and (final or now >= self._next_publish):
+            self._publish(now)
+        for item in batch:
+            if isinstance(item, Probe):
+                item.done.set()
+
+    def _reduce(self, state: RoomState, events: list[Event]) -> tuple[RoomState, Delta]:
+        applied_before = state.events
+        try:
+            new_state, delta = reduce(state, events)
+        except Exception:
+            # Isolate the event(s) the reducer cannot take; apply the rest.
+            delta = EMPTY_DELTA
+            for event in events:
+                try:
+                    state, one = reduce(state, [event])
+                except Exception as exc:
+                    self.counters.rejected["reducer_error"] += 1
+                    self._log.opt(exception=exc).error(
+                        "reducer failed on {kind}; event rejected, state kept",
+                        kind=type(event).__name__,
+                    )
+                else:
+                    delta = merge(delta, one)
+            new_state = state
+        applied = new_state.events - applied_before
+        self.counters.applied += applied
+        self.counters.duplicates += len(events) - applied
+        return new_state, delta
+
+    def _publish(self, now: float) -> None:
+        owned = self.owned
+        feed = self.feed
+        seq = feed.seq + 1
+        body = orjson.dumps(delta_message(feed.room_id, owned.state.epoch, seq, owned.pending))
+        feed.publish(seq, body, owned.state)
+        self.owned = Owned(owned.state)
+        self.counters.deltas += 1
+        self._next_publish = now + self.tick_s

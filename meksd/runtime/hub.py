@@ -1,0 +1,187 @@
+"""The hub: where a room's actor publishes and its dashboards' writers read.
+
+Per room there is one :class:`RoomFeed`: a ring of the last ``ring_size`` encoded
+deltas, the state as of the newest one, and a wake-up event. Publishing is an
+append and a wake-up; it never waits for a reader and costs the same whatever the
+number of dashboards. Each dashboard's writer keeps its own cursor (the next seq it
+owes its client) and reads the ring at its own pace; one that falls off the ring is
+*lagged* and gets a snapshot instead (see :mod:`meksd.runtime.dashboard`).
+
+Deltas are encoded to bytes once per room, here, not once per dashboard. A snapshot
+is encoded lazily, at most once per published seq, when some writer needs it.
+"""
+
+from __future__ import annotations
+
+import attrs
+import orjson
+import trio
+
+from meksd.core.wire import snapshot_message
+from meksd.model.state import RoomState
+
+
+@attrs.frozen
+class FeedStatistics:
+    """What a room's feed has done; read by metrics and the admin API."""
+
+    epoch: str
+    """The history the current seq numbers belong to."""
+    seq: int
+    """Seq of the newest published delta (0: nothing published in this epoch)."""
+    first_seq: int
+    """Oldest seq still in the ring; a cursor below this is lagged."""
+    published: int
+    """Deltas published since this process started."""
+    published_bytes: int
+    """Encoded bytes of those deltas."""
+    snapshots_encoded: int
+    """Snapshots encoded (at most one per seq, however many dashboards asked)."""
+
+
+class RoomFeed:
+    """One room's publication point. Only the room's actor calls the mutators.
+
+    Every method is synchronous and never checkpoints, except :meth:`wait_beyond`.
+    """
+
+    def __init__(self, state: RoomState, seq: int, *, ring_size: int) -> None:
+        if ring_size < 1:
+            raise ValueError("ring_size must be >= 1")
+        self.room_id = state.room_id
+        self._ring_size = ring_size
+        self._ring: list[bytes] = [b""] * ring_size
+        self._state = state
+        self._epoch = state.epoch
+        self._seq = seq
+        self._first_seq = seq + 1  # ring empty: nothing older than seq is kept
+        self._changed = trio.Event()
+        self._closed = False
+        self._snapshot: tuple[int, str, bytes] | None = None
+        self._published = 0
+        self._published_bytes = 0
+        self._snapshots_encoded = 0
+
+    # --- read side ------------------------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def first_seq(self) -> int:
+        return self._first_seq
+
+    @property
+    def state(self) -> RoomState:
+        """The state as of :attr:`seq` (what a snapshot shows)."""
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def can_resume(self, epoch: str, seq: int) -> bool:
+        """Whether a client that has applied ``seq`` of ``epoch`` can be sent deltas."""
+        return epoch == self._epoch and self._first_seq - 1 <= seq <= self._seq
+
+    def deltas_after(self, seq: int, *, limit: int) -> tuple[int, bytes]:
+        """Encoded deltas ``seq+1 ..`` as one message body, and the last seq included.
+
+        One delta is sent as its JSON object; several as a JSON array, in seq order.
+        The caller must have checked ``first_seq - 1 <= seq < self.seq``.
+        """
+        start = seq + 1
+        end = min(self._seq, seq + limit)
+        size = self._ring_size
+        if start == end:
+            return end, self._ring[start % size]
+        parts = [self._ring[s % size] for s in range(start, end + 1)]
+        return end, b"[" + b",".join(parts) + b"]"
+
+    def snapshot(self) -> tuple[int, bytes]:
+        """The encoded snapshot message of the current state, and its seq."""
+        cached = self._snapshot
+        if cached is not None and cached[0] == self._seq and cached[1] == self._epoch:
+            return cached[0], cached[2]
+        body = orjson.dumps(snapshot_message(self._state, self._seq))
+        self._snapshot = (self._seq, self._epoch, body)
+        self._snapshots_encoded += 1
+        return self._seq, body
+
+    async def wait_beyond(self, seq: int, epoch: str) -> None:
+        """Return once there is something after ``seq`` of ``epoch``, or the feed closed."""
+        while self._seq <= seq and self._epoch == epoch and not self._closed:
+            await self._changed.wait()
+
+    def statistics(self) -> FeedStatistics:
+        return FeedStatistics(
+            epoch=self._epoch,
+            seq=self._seq,
+            first_seq=self._first_seq,
+            published=self._published,
+            published_bytes=self._published_bytes,
+            snapshots_encoded=self._snapshots_encoded,
+        )
+
+    # --- write side (the room's actor only) -------------------------------------
+
+    def publish(self, seq: int, body: bytes, state: RoomState) -> None:
+        """Append the encoded delta ``seq`` and wake every waiting writer.
+
+        ``state`` is the room state after the delta. O(1) in the number of readers.
+        """
+        if seq != self._seq + 1 or state.epoch != self._epoch:
+            raise ValueError(f"publish out of order: {seq} after {self._seq}")
+        self._ring[seq % self._ring_size] = body
+        self._seq = seq
+        self._state = state
+        self._first_seq = max(self._first_seq, seq - self._ring_size + 1)
+        self._published += 1
+        self._published_bytes += len(body)
+        self._wake()
+
+    def reset(self, state: RoomState, seq: int) -> None:
+        """Start a new history (a new epoch): the ring is emptied, writers resync."""
+        self._epoch = state.epoch
+        self._state = state
+        self._seq = seq
+        self._first_seq = seq + 1
+        self._ring = [b""] * self._ring_size
+        self._wake()
+
+    def close(self) -> None:
+        """The room is gone (removed by a reload or shut down); writers stop."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+class Hub:
+    """All rooms' feeds, by room id."""
+
+    def __init__(self) -> None:
+        self._feeds: dict[str, RoomFeed] = {}
+
+    def add(self, feed: RoomFeed) -> None:
+        if feed.room_id in self._feeds:
+            raise ValueError(f"room {feed.room_id!r} already in the hub")
+        self._feeds[feed.room_id] = feed
+
+    def remove(self, room_id: str) -> None:
+        feed = self._feeds.pop(room_id, None)
+        if feed is not None:
+            feed.close()
+
+    def get(self, room_id: str) -> RoomFeed | None:
+        return self._feeds.get(room_id)
+
+    def room_ids(self) -> list[str]:
+        return sorted(self._feeds)

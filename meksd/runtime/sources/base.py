@@ -1,0 +1,147 @@
+"""What every source is: the ``Source`` interface, its statistics, shared helpers.
+
+A source reads one upstream feed and pushes what it reads, untouched, as
+``RawRecord`` values into the room's bounded raw channel. It never parses (the
+normalizer does), never buffers (``await send.send(...)`` blocking *is* the
+backpressure), and never lets bad network or feed conditions escape ``run``: it logs
+them and retries with backoff. Errors from the channel itself (the room closed it)
+do propagate: they mean the room is going away.
+
+The caller owns the channel: a source never closes ``send``, so a room can hand the
+same channel to the next source on failover.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, Protocol
+
+import attrs
+import trio
+
+from meksd.model.raw import RawRecord
+
+__all__ = [
+    "Jitter",
+    "Source",
+    "SourceMeter",
+    "SourceState",
+    "SourceStatistics",
+    "full_jitter_delay",
+]
+
+SourceState = Literal["connecting", "connected", "backoff", "finished"]
+
+
+@attrs.frozen
+class SourceStatistics:
+    """A snapshot of one source's counters, as returned by ``Source.statistics()``."""
+
+    name: str
+    """The source's name, e.g. ``"websocket:0"`` (kind and index in the room)."""
+    state: SourceState
+    """``connecting``: opening its feed; ``connected``: delivering (or ready to);
+    ``backoff``: waiting before the next attempt after a failure; ``finished``: a
+    finite feed (a replay without ``loop``) reached its end; ``run`` has returned."""
+    records: int
+    """Raw records the room's channel has taken since the source started."""
+    connects: int
+    """Times the feed was opened successfully (WebSocket handshakes, replay passes)."""
+    failures: int
+    """Times the source went into backoff: failed connects, dropped connections,
+    unreadable files."""
+    last_record_at: float | None
+    """``trio.current_time()`` when the latest record was read; None before the first."""
+    last_error: str | None
+    """Why the latest failure happened, for operators; None if none yet."""
+
+
+class Source(Protocol):
+    """One upstream feed of one room."""
+
+    @property
+    def name(self) -> str:
+        """``"<kind>:<index>"``: unique within the room, used in logs and metrics."""
+        ...
+
+    async def run(
+        self,
+        send: trio.MemorySendChannel[RawRecord],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Read the feed and push raw records into ``send`` until cancelled.
+
+        Reports started at once (connecting is the source's own business). Returns
+        only when a finite feed is exhausted. Does not close ``send``.
+        """
+        ...
+
+    def statistics(self) -> SourceStatistics:
+        """The source's counters now. Synchronous; never checkpoints."""
+        ...
+
+
+class Jitter(Protocol):
+    """The part of ``random.Random`` that backoff needs (injectable for tests)."""
+
+    def uniform(self, a: float, b: float, /) -> float: ...
+
+
+def full_jitter_delay(attempt: int, initial: float, maximum: float, rng: Jitter) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(maximum, initial·2^attempt)].
+
+    ``attempt`` counts failures since the last success, from 0.
+    """
+    bound = min(maximum, initial * 2.0 ** min(attempt, 64))
+    return rng.uniform(0.0, bound)
+
+
+@attrs.define
+class SourceMeter:
+    """A source's mutable counters, and the factory of its records."""
+
+    name: str
+    state: SourceState = "connecting"
+    records: int = 0
+    connects: int = 0
+    failures: int = 0
+    last_record_at: float | None = None
+    last_error: str | None = None
+
+    def stamp(self, payload: bytes | str) -> RawRecord:
+        """Wrap ``payload`` as read now (and note the time as ``last_record_at``)."""
+        now = trio.current_time()
+        self.last_record_at = now
+        return RawRecord(
+            payload=payload,
+            received_at=now,
+            wall_ms=int(time.time() * 1000),
+            source=self.name,
+        )
+
+    async def push(self, send: trio.MemorySendChannel[RawRecord], payload: bytes | str) -> None:
+        """Stamp ``payload``, wait until the room's channel takes it, then count it.
+
+        Waiting here is the backpressure. Channel errors (the room closed its end)
+        propagate.
+        """
+        await send.send(self.stamp(payload))
+        self.records += 1
+
+    def fail(self, reason: str) -> None:
+        """Count a failure and remember why."""
+        self.failures += 1
+        self.last_error = reason
+
+    def snapshot(self) -> SourceStatistics:
+        """The counters as a frozen record."""
+        return SourceStatistics(
+            name=self.name,
+            state=self.state,
+            records=self.records,
+            connects=self.connects,
+            failures=self.failures,
+            last_record_at=self.last_record_at,
+            last_error=self.last_error,
+        )

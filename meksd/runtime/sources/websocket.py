@@ -1,0 +1,224 @@
+"""The ``websocket`` source: a trio-websocket client of a feed relay.
+
+Each WebSocket message (text or binary) becomes one ``RawRecord``, pushed untouched.
+When the connection cannot be opened or drops, the source waits with exponential
+backoff and full jitter (a delay drawn uniformly from ``[0, min(backoff_max_s,
+backoff_initial_s · 2^n)]`` after the n-th consecutive failure) and connects again.
+A connection that delivered at least one message resets ``n`` to 0, so a relay that
+restarts now and then is rejoined quickly while one that is down is not hammered.
+
+``connect_timeout_s`` bounds TCP connect, TLS and the WebSocket handshake together.
+
+The source opens (and therefore always closes) the TCP/TLS stream itself and hands
+it to ``trio_websocket.wrap_client_stream``: ``open_websocket_url`` in
+trio-websocket 0.12 never closes the client's socket when the server closes first or
+rejects the handshake, which over hours of reconnects leaks descriptors until the
+garbage collector runs.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+from loguru import logger
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    wrap_client_stream,
+)
+
+from meksd.config import WebsocketSourceConfig
+from meksd.model.raw import RawRecord
+from meksd.runtime.sources.base import Jitter, SourceMeter, SourceStatistics, full_jitter_delay
+
+__all__ = ["WebsocketSource"]
+
+_Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+
+
+@attrs.frozen
+class _Target:
+    """Where a ``ws://`` or ``wss://`` URL points."""
+
+    host: str
+    port: int
+    tls: bool
+    host_header: str
+    resource: str
+
+    @classmethod
+    def from_url(cls, url: str) -> _Target:
+        parts = urlsplit(url)
+        tls = parts.scheme == "wss"
+        host = parts.hostname or ""
+        port = parts.port or (443 if tls else 80)
+        shown = f"[{host}]" if ":" in host else host
+        host_header = shown if port == (443 if tls else 80) else f"{shown}:{port}"
+        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return cls(host, port, tls, host_header, resource)
+
+
+class _RoomGone(Exception):
+    """The room closed its channel: carries the channel's error out of the session."""
+
+    def __init__(self, error: trio.BrokenResourceError | trio.ClosedResourceError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class WebsocketSource:
+    """Reads a relay's WebSocket feed; reconnects forever with backoff."""
+
+    def __init__(
+        self,
+        config: WebsocketSourceConfig,
+        *,
+        name: str = "websocket",
+        room_id: str = "",
+        rng: Jitter | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """``rng`` draws the backoff jitter (injectable for tests); ``ssl_context``
+        is used for ``wss://`` (default: the system's trust store)."""
+        self._config = config
+        self._target = _Target.from_url(config.url)
+        self._meter = SourceMeter(name)
+        self._rng: Jitter = rng if rng is not None else random.Random()
+        self._ssl_context = ssl_context
+        self._log = logger.bind(room=room_id, source=name)
+
+    @property
+    def name(self) -> str:
+        return self._meter.name
+
+    def statistics(self) -> SourceStatistics:
+        """The source's counters now. Synchronous; never checkpoints."""
+        return self._meter.snapshot()
+
+    async def run(
+        self,
+        send: trio.MemorySendChannel[RawRecord],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Connect, push every message into ``send``, reconnect on failure; until
+        cancelled. Only the channel's own errors (the room closed it) escape."""
+        task_status.started()
+        cfg = self._config
+        attempt = 0
+        while True:
+            self._meter.state = "connecting"
+            records_before = self._meter.records
+            try:
+                reason = await self._connect_and_read(send)
+            except _RoomGone as gone:
+                raise gone.error from None
+            self._meter.fail(reason)
+            if self._meter.records > records_before:
+                attempt = 0
+            delay = full_jitter_delay(attempt, cfg.backoff_initial_s, cfg.backoff_max_s, self._rng)
+            attempt += 1
+            self._meter.state = "backoff"
+            self._log.bind(event="source_backoff").warning(
+                "feed {url} unavailable ({reason}); retrying in {delay:.2f}s",
+                url=cfg.url,
+                reason=reason,
+                delay=delay,
+            )
+            await trio.sleep(delay)
+
+    async def _connect_and_read(self, send: trio.MemorySendChannel[RawRecord]) -> str:
+        """One connection's life; returns why it ended."""
+        deadline = trio.current_time() + self._config.connect_timeout_s
+        try:
+            with trio.fail_at(deadline):
+                stream = await self._open_stream()
+            async with stream:
+                try:
+                    return await self._session(stream, send, deadline)
+                except BaseExceptionGroup as group:
+                    gone, _ = group.split(_RoomGone)
+                    if gone is not None:
+                        raise _first_leaf(gone) from None
+                    errors, rest = group.split(Exception)
+                    if errors is None or rest is not None:
+                        raise  # cancellation in flight: let it through
+                    return self._describe(_first_leaf(errors))
+        except _RoomGone:
+            raise
+        except Exception as exc:
+            return self._describe(exc)
+
+    async def _open_stream(self) -> _Stream:
+        target = self._target
+        if not target.tls:
+            return await trio.open_tcp_stream(target.host, target.port)
+        context = self._ssl_context or ssl.create_default_context()
+        return await trio.open_ssl_over_tcp_stream(
+            target.host, target.port, ssl_context=context, https_compatible=True
+        )
+
+    async def _session(
+        self, stream: _Stream, send: trio.MemorySendChannel[RawRecord], deadline: float
+    ) -> str:
+        cfg = self._config
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_at(deadline):
+                    ws = await wrap_client_stream(
+                        nursery,
+                        stream,
+                        self._target.host_header,
+                        self._target.resource,
+                        max_message_size=cfg.max_message_bytes,
+                    )
+                self._meter.connects += 1
+                self._meter.state = "connected"
+                self._log.bind(event="source_connected").info("connected to {url}", url=cfg.url)
+                while True:
+                    message = await ws.get_message()
+                    try:
+                        await self._meter.push(send, message)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise _RoomGone(exc) from exc
+            except ConnectionClosed as exc:
+                return _describe_close(exc)
+            finally:
+                nursery.cancel_scope.cancel()  # stop the reader task; the stream closes after
+
+    def _describe(self, exc: BaseException) -> str:
+        cfg = self._config
+        if isinstance(exc, ConnectionClosed):
+            return _describe_close(exc)
+        if isinstance(exc, ConnectionRejected):
+            return f"handshake rejected with HTTP {exc.status_code}"
+        if isinstance(exc, trio.TooSlowError):
+            return f"no connection within {cfg.connect_timeout_s:g}s"
+        if isinstance(exc, HandshakeError):
+            return f"handshake failed: {exc.__cause__ or exc!r}"
+        if isinstance(exc, OSError):
+            return f"cannot connect: {exc}"
+        if isinstance(exc, trio.BrokenResourceError):
+            return f"connection broken: {exc.__cause__ or exc!r}"
+        self._log.opt(exception=exc).error("unexpected error reading {url}", url=cfg.url)
+        return f"unexpected error: {exc!r}"
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _describe_close(exc: ConnectionClosed) -> str:
+    reason = exc.reason
+    if reason is None:
+        return "connection closed"
+    detail = f", {reason.reason}" if reason.reason else ""
+    return f"connection closed (code {reason.code}{detail})"

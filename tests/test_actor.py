@@ -1,0 +1,221 @@
+"""The room actor: cancel safety at every step, tick coalescing, streak expiry."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+import pytest
+import trio
+import trio.testing
+
+from meksd.core.reduce import new_room, reduce
+from meksd.core.wire import apply_delta, delta_message, snapshot_message
+from meksd.model.events import ChatMessage, Event, GiftSent, User
+from meksd.model.state import RoomConfig, RoomState
+from meksd.runtime.actor import InboxItem, Owned, Probe, RoomActor
+from meksd.runtime.hub import RoomFeed
+from meksd.runtime.stats import RoomCounters
+
+
+def make_events(n: int) -> list[Event]:
+    """Gifts (single and complete streaks) and chat, all with distinct msgIds."""
+    events: list[Event] = []
+    i = 0
+    while len(events) < n:
+        i += 1
+        user = User(str(i % 7), f"u{i % 7}", f"User {i % 7}")
+        if i % 3 == 0:
+            for k in (1, 2, 3):
+                events.append(
+                    GiftSent(f"s{i}-{k}", user, "5655", "Rose", 1, k, k == 3, f"g{i}", 1, 0.0, 0)
+                )
+        elif i % 3 == 1:
+            events.append(GiftSent(f"m{i}", user, "5487", "Heart", 0, 2, False, "", 5, 0.0, 0))
+        else:
+            events.append(ChatMessage(f"c{i}", user, f"hi {i}", 0.0, 0))
+    return events[:n]
+
+
+def start_state(config: RoomConfig | None = None) -> RoomState:
+    return new_room("r", "e1", config or RoomConfig(streak_timeout_s=1e6))
+
+
+class CancelAtStep(trio.abc.Instrument):
+    """Cancels ``scope`` just before ``task``'s k-th step."""
+
+    def __init__(self, k: int, scope: trio.CancelScope) -> None:
+        self.k = k
+        self.scope = scope
+        self.task: trio.lowlevel.Task | None = None
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+            if self.steps == self.k:
+                self.scope.cancel()
+
+
+def replay_published(feed_bodies: list[bytes], initial: RoomState) -> dict[str, Any]:
+    view = snapshot_message(initial, 0)["state"]
+    for body in feed_bodies:
+        decoded = orjson.loads(body)
+        for msg in decoded if isinstance(decoded, list) else [decoded]:
+            view = apply_delta(view, msg)
+    return view
+
+
+async def run_cancelled_at(k: int, events: list[Event]) -> tuple[int, bool]:
+    """Run the actor while feeding ``events``; cancel it at its k-th step; check invariants."""
+    initial = start_state()
+    feed = RoomFeed(initial, 0, ring_size=10_000)
+    send, receive = trio.open_memory_channel[InboxItem](len(events))
+    actor = RoomActor(Owned(initial), feed, receive, tick_s=0.016, counters=RoomCounters())
+    scope = trio.CancelScope()
+    feeder_sent = 0
+    instrument = CancelAtStep(k, scope)
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def feeder() -> None:
+                nonlocal feeder_sent
+                for j, event in enumerate(events):
+                    await send.send(event)
+                    feeder_sent += 1
+                    if j % 4 == 3:
+                        await trio.sleep(0.005 * (j % 7))
+
+            async def run_actor() -> None:
+                instrument.task = trio.lowlevel.current_task()
+                with scope:
+                    await actor.run()
+
+            nursery.start_soon(run_actor)
+            nursery.start_soon(feeder)
+            with trio.move_on_after(5):
+                while not scope.cancel_called:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+
+    remaining = 0
+    while True:
+        try:
+            receive.receive_nowait()
+        except trio.WouldBlock:
+            break
+        remaining += 1
+    # Every event the feeder sent was either taken and applied, or is still queued.
+    taken = actor.owned.state.events
+    assert taken + remaining == feeder_sent
+    expected, _ = reduce(initial, events[:taken])
+    assert actor.owned.state == expected, f"k={k}: state is not a whole prefix of the events"
+
+    bodies = [feed._ring[s % 10_000] for s in range(1, feed.seq + 1)]
+    published_view = replay_published(bodies, initial)
+    assert published_view == snapshot_message(feed.state, feed.seq)["state"]
+    pending = delta_message("r", "e1", feed.seq + 1, actor.owned.pending)
+    assert apply_delta(published_view, pending) == snapshot_message(expected, 0)["state"]
+    return instrument.steps, scope.cancel_called
+
+
+async def test_cancel_at_every_step_leaves_state_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Cancelling the actor at its k-th step, for every k, leaves state untouched or fully updated."""
+    events = make_events(60)
+    k = 1
+    while True:
+        steps, cancelled = await run_cancelled_at(k, events)
+        if not cancelled or k > 400:
+            break
+        k += 1
+    assert k > 5, "the actor should have taken several steps"
+
+
+async def test_tick_coalescing_leading_and_trailing_edge(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An idle room publishes at once; a busy one at most once per tick, the rest on the trailing edge."""
+    initial = start_state()
+    feed = RoomFeed(initial, 0, ring_size=100)
+    send, receive = trio.open_memory_channel[InboxItem](100)
+    actor = RoomActor(Owned(initial), feed, receive, tick_s=0.1, counters=RoomCounters())
+    events = make_events(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor.run)
+        await send.send(events[0])
+        await trio.sleep(0.001)
+        assert feed.seq == 1, "leading edge: published at once"
+        for e in events[1:5]:
+            await send.send(e)
+            await trio.sleep(0.01)
+        assert feed.seq == 1, "inside the tick: held back"
+        await trio.sleep(0.1)
+        assert feed.seq == 2, "trailing edge: one delta for the held events"
+        probe = Probe()
+        await send.send(probe)
+        await probe.done.wait()
+        nursery.cancel_scope.cancel()
+    assert actor.counters.deltas == 2
+
+
+async def test_open_streak_expires_and_is_published(autojump_clock: trio.testing.MockClock) -> None:
+    """A streak with no end is counted after streak_timeout_s by the actor's timer, once."""
+    initial = start_state(RoomConfig(streak_timeout_s=15))
+    feed = RoomFeed(initial, 0, ring_size=100)
+    send, receive = trio.open_memory_channel[InboxItem](100)
+    counters = RoomCounters()
+    actor = RoomActor(Owned(initial), feed, receive, tick_s=0.016, counters=counters)
+    user = User("1", "a", "A")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor.run)
+        now = trio.current_time()
+        for k in (1, 2, 3):
+            await send.send(GiftSent(f"g{k}", user, "7", "Rose", 1, k, False, "grp", 10, now, 0))
+        await trio.sleep(1)
+        assert actor.owned.state.totals.diamonds == 0
+        await trio.sleep(15)
+        assert actor.owned.state.totals.diamonds == 30
+        assert counters.streaks_timed_out == 1
+        assert feed.state.totals.diamonds == 30, "the timeout was published"
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert actor.owned.state.totals.diamonds == 30
+
+
+async def test_reducer_failure_rejects_event_and_keeps_state(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An event the reducer raises on is counted as rejected; the others in its batch apply."""
+    import meksd.runtime.actor as actor_mod
+
+    def flaky(state: RoomState, events: Any) -> Any:
+        if any(getattr(e, "msg_id", "") == "bad" for e in events):
+            raise ValueError("boom")
+        return reduce(state, events)
+
+    monkeypatch.setattr(actor_mod, "reduce", flaky)
+    initial = start_state()
+    feed = RoomFeed(initial, 0, ring_size=100)
+    send, receive = trio.open_memory_channel[InboxItem](100)
+    counters = RoomCounters()
+    actor = RoomActor(Owned(initial), feed, receive, tick_s=0.016, counters=counters)
+    user = User("1", "a", "A")
+    batch = [
+        GiftSent("ok1", user, "7", "Rose", 0, 1, False, "", 10, 0.0, 0),
+        GiftSent("bad", user, "7", "Rose", 0, 1, False, "", 10, 0.0, 0),
+        GiftSent("ok2", user, "7", "Rose", 0, 1, False, "", 10, 0.0, 0),
+    ]
+    for e in batch:
+        send.send_nowait(e)
+    send.close()
+    await actor.run()
+    assert counters.rejected["reducer_error"] == 1
+    assert actor.owned.state.totals.diamonds == 20
+    assert feed.state.totals.diamonds == 20
+    assert math.isfinite(trio.current_time())
