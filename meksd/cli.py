@@ -21,6 +21,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NoReturn
 
 import orjson
@@ -152,7 +153,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or config.log.level)
     from meksd.runtime.app import serve
 
-    trio.run(serve, config)
+    trio.run(partial(serve, config, config_path=args.config))
     return 0
 
 

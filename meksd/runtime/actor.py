@@ -54,6 +54,8 @@ class Owned:
 
     state: RoomState
     pending: Delta = EMPTY_DELTA
+    pending_since: float = math.inf
+    """When the oldest event behind ``pending`` was received."""
 
 
 class RoomActor:
@@ -111,21 +113,21 @@ class RoomActor:
     def step(self, batch: Sequence[InboxItem], now: float, *, final: bool = False) -> None:
         """Apply ``batch`` at ``now``, then publish if due. Synchronous: never checkpoints."""
         events = [item for item in batch if not isinstance(item, Probe)]
-        state, pending = self.owned.state, self.owned.pending
+        state, pending, since = self.owned.state, self.owned.pending, self.owned.pending_since
         if events:
             self.counters.events += len(events)
             state, delta = self._reduce(state, events)
             pending = merge(pending, delta)
+            since = min(since, min(e.received_at for e in events))
         due = next_deadline(state)
         if due is not None and due <= now:
             before = state
             state, delta = expire(state, now)
-            self.counters.streaks_timed_out += sum(
-                1 for g in delta.gifts if g.streak == "timeout"
-            )
+            self.counters.streaks_timed_out += state.streaks_timed_out - before.streaks_timed_out
             if state is not before:
                 pending = merge(pending, delta)
-        self.owned = Owned(state, pending)
+                since = min(since, now)
+        self.owned = Owned(state, pending, since)
         if not pending.empty and (final or now >= self._next_publish):
             self._publish(now)
         for item in batch:
@@ -133,7 +135,7 @@ class RoomActor:
                 item.done.set()
 
     def _reduce(self, state: RoomState, events: list[Event]) -> tuple[RoomState, Delta]:
-        applied_before = state.events
+        before = state
         try:
             new_state, delta = reduce(state, events)
         except Exception:
@@ -151,9 +153,8 @@ class RoomActor:
                 else:
                     delta = merge(delta, one)
             new_state = state
-        applied = new_state.events - applied_before
-        self.counters.applied += applied
-        self.counters.duplicates += len(events) - applied
+        self.counters.applied += new_state.events - before.events
+        self.counters.duplicates += new_state.duplicates - before.duplicates
         return new_state, delta
 
     def _publish(self, now: float) -> None:
@@ -161,7 +162,7 @@ class RoomActor:
         feed = self.feed
         seq = feed.seq + 1
         body = orjson.dumps(delta_message(feed.room_id, owned.state.epoch, seq, owned.pending))
-        feed.publish(seq, body, owned.state)
+        feed.publish(seq, body, owned.state, owned.pending_since)
         self.owned = Owned(owned.state)
         self.counters.deltas += 1
         self._next_publish = now + self.tick_s

@@ -1,30 +1,44 @@
-"""The application: rooms, the dashboard server, signals, shutdown.
+"""The application: rooms, listeners, signals, systemd, reload, shutdown.
 
 ::
 
-    serve(config)                     signals; gc.freeze once started
+    serve(config)                     signals; sd_notify; watchdog; gc.freeze once up
     └── App.run                       root nursery
         ├── Room.run  × N             each in its own cancel scope
-        └── DashboardServer.run       per dashboard: reader, writers, heartbeat
+        ├── DashboardServer.run       per dashboard: reader, writers, heartbeat
+        ├── Metrics.run               event-loop lag, GC pauses
+        └── AdminServer.run           /healthz /readyz /metrics /api/rooms
 
 Everything long-lived is started with ``nursery.start``, so when :meth:`App.run`
-reports started, every room is running and every listener is bound.
-Shutdown is a grace period, not a flag: stop accepting, close dashboards with 1001,
-then cancel.
+reports started, every room is running and every listener is bound; only then does
+:func:`serve` send ``READY=1``. Shutdown is a grace period, not a flag: stop
+accepting, close dashboards with 1001, then cancel.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import signal
+from collections.abc import Mapping
 
+import attrs
 import trio
 from loguru import logger
 
-from meksd.config import Config, RoomSettings
-from meksd.runtime.hub import Hub
+from meksd.config import Config, RoomSettings, load_config
+from meksd.errors import ConfigError
+from meksd.logsetup import configure_logging
+from meksd.runtime.actor import Owned
+from meksd.runtime.admin import AdminServer
+from meksd.runtime.hub import Hub, RoomFeed
+from meksd.runtime.metrics import Metrics
+from meksd.runtime.notify import Notifier, NotifyError, run_watchdog, watchdog_interval
 from meksd.runtime.room import Room
 from meksd.runtime.wsserver import DashboardServer
+
+PROBE_TIMEOUT_S = 5.0
+STATUS_EVERY_S = 10.0
 
 
 class App:
@@ -35,6 +49,9 @@ class App:
         self.hub = Hub()
         self.rooms: dict[str, Room] = {}
         self.dashboards = DashboardServer(self.hub, config.server)
+        self.metrics = Metrics(self)
+        self.dashboards.latency = self.metrics.delivery_latency
+        self.admin = AdminServer(self, listen=config.server.http_listen, metrics=self.metrics)
         self._room_scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -45,17 +62,30 @@ class App:
             for settings in self.config.rooms:
                 await self.start_room(settings)
             await nursery.start(self.dashboards.run)
+            await nursery.start(self.metrics.run)
+            await nursery.start(self.admin.run)
             task_status.started(self)
 
-    async def start_room(self, settings: RoomSettings) -> Room:
-        """Add a room and start its tasks (also used by config reload)."""
+    # --- rooms ------------------------------------------------------------------
+
+    async def start_room(
+        self, settings: RoomSettings, *, owned: Owned | None = None, feed: RoomFeed | None = None
+    ) -> Room:
+        """Add a room and start its tasks (also used by reload, keeping state and feed)."""
         assert self._nursery is not None
         server = self.config.server
-        room = Room(settings, tick_s=server.tick_ms / 1000, ring_size=server.ring_size)
+        room = Room(
+            settings,
+            tick_s=server.tick_ms / 1000,
+            ring_size=server.ring_size,
+            owned=owned,
+            feed=feed,
+        )
         scope = trio.CancelScope()
         self.rooms[room.room_id] = room
         self._room_scopes[room.room_id] = scope
-        self.hub.add(room.feed)
+        if feed is None:
+            self.hub.add(room.feed)
 
         async def run_room(*, task_status: trio.TaskStatus[None]) -> None:
             with scope:
@@ -64,13 +94,69 @@ class App:
         await self._nursery.start(run_room)
         return room
 
-    def stop_room(self, room_id: str) -> None:
-        """Remove a room: its dashboards are told, its tasks cancelled."""
-        self.hub.remove(room_id)
-        self.rooms.pop(room_id, None)
+    def stop_room(self, room_id: str, *, keep_feed: bool = False) -> Room | None:
+        """Cancel a room's tasks; unless ``keep_feed``, remove it (its dashboards are told)."""
+        if not keep_feed:
+            self.hub.remove(room_id)
         scope = self._room_scopes.pop(room_id, None)
         if scope is not None:
             scope.cancel()
+        return self.rooms.pop(room_id, None)
+
+    async def healthy(self) -> bool:
+        """A round trip through every room's actor, all within ``PROBE_TIMEOUT_S``."""
+        rooms = list(self.rooms.values())
+        with trio.move_on_after(PROBE_TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                for room in rooms:
+                    nursery.start_soon(room.probe)
+            return True
+        return False
+
+    # --- reload -----------------------------------------------------------------
+
+    async def reload(self, new: Config) -> None:
+        """Apply a new configuration without dropping dashboards of untouched rooms.
+
+        Rooms only in ``new`` start; rooms no longer in it stop (their dashboards get
+        ``room_closed``); rooms whose settings changed restart their tasks with their
+        state, pending changes and feed kept, so their dashboards stay subscribed and
+        their seq continues. Listener addresses cannot change without a restart.
+        """
+        old = self.config
+        server = new.server
+        if (server.ws_listen, server.http_listen) != (old.server.ws_listen, old.server.http_listen):
+            logger.warning(
+                "reload: listen addresses changed; they take effect at the next restart",
+                event="reload",
+            )
+            server = attrs.evolve(
+                server, ws_listen=old.server.ws_listen, http_listen=old.server.http_listen
+            )
+        if server.ring_size != old.server.ring_size:
+            logger.warning("reload: ring_size applies to rooms started from now on", event="reload")
+        self.config = attrs.evolve(new, server=server)
+        self.dashboards.config = server
+        old_rooms = {r.id: r for r in old.rooms}
+        new_rooms = {r.id: r for r in new.rooms}
+        tick_changed = server.tick_ms != old.server.tick_ms
+        for room_id in old_rooms.keys() - new_rooms.keys():
+            self.stop_room(room_id)
+            logger.info("reload: room removed", room=room_id, event="room_removed")
+        for room_id, settings in new_rooms.items():
+            if room_id not in old_rooms:
+                await self.start_room(settings)
+                logger.info("reload: room added", room=room_id, event="room_added")
+            elif settings != old_rooms[room_id] or tick_changed:
+                room = self.stop_room(room_id, keep_feed=True)
+                assert room is not None
+                await self.start_room(settings, owned=room.owned, feed=room.feed)
+                logger.info(
+                    "reload: room restarted with new settings", room=room_id, event="room_changed"
+                )
+        configure_logging(self.config.log.level)
+
+    # --- shutdown ---------------------------------------------------------------
 
     async def stop(self) -> None:
         """Graceful shutdown: stop accepting, close dashboards (1001), cancel the rest."""
@@ -78,9 +164,46 @@ class App:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
+    def status_line(self, events_per_s: float) -> str:
+        dashboards = len(self.dashboards.dashboards)
+        return f"{len(self.rooms)} rooms, {dashboards} dashboards, {events_per_s:.0f} events/s"
 
-async def serve(config: Config, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run meksd until SIGTERM or SIGINT, then shut down gracefully and return."""
+    def events_total(self) -> int:
+        return sum(room.counters.events for room in self.rooms.values())
+
+
+async def _report_status(app: App, notifier: Notifier) -> None:
+    """``STATUS=`` for ``systemctl status``: rooms, dashboards, events/s."""
+    last_total, last_at = app.events_total(), trio.current_time()
+    while True:
+        await trio.sleep(STATUS_EVERY_S)
+        total, now = app.events_total(), trio.current_time()
+        rate = (total - last_total) / max(now - last_at, 1e-9)
+        last_total, last_at = total, now
+        _notify(notifier.status, app.status_line(rate))
+
+
+def _notify(send: object, *args: str) -> None:
+    try:
+        send(*args)  # type: ignore[operator]
+    except NotifyError as exc:
+        logger.warning("sd_notify failed: {exc}", exc=str(exc), event="notify_error")
+
+
+async def serve(
+    config: Config,
+    *,
+    config_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run meksd until SIGTERM or SIGINT, then shut down gracefully and return.
+
+    SIGHUP re-reads ``config_path``; a config that does not load is logged and the
+    running one kept.
+    """
+    env = os.environ if environ is None else environ
+    notifier = Notifier.from_env(env)
     app = App(config)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
@@ -93,17 +216,46 @@ async def serve(config: Config, *, task_status: trio.TaskStatus[App] = trio.TASK
                 rooms=len(app.rooms),
                 host=app.dashboards.host,
                 port=app.dashboards.port,
+                ws_port=app.dashboards.port,
+                http_port=app.admin.port,
                 event="ready",
             )
+            _notify(notifier.ready, app.status_line(0))
+            interval = watchdog_interval(env)
+            if interval is not None and notifier.enabled:
+                await nursery.start(run_watchdog, notifier, app.healthy, interval / 2)
+            if notifier.enabled:
+                nursery.start_soon(_report_status, app, notifier)
             task_status.started(app)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    logger.warning("SIGHUP: config reload is not implemented yet", event="reload")
+                    await _reload(app, config_path, notifier)
                     continue
-                logger.info(
-                    "{sig}: shutting down", sig=signal.Signals(signum).name, event="stopping"
-                )
+                name = signal.Signals(signum).name
+                logger.info("{sig}: shutting down", sig=name, event="stopping")
+                _notify(notifier.stopping)
                 break
             await app.stop()
             nursery.cancel_scope.cancel()
     logger.info("meksd stopped", event="stopped")
+
+
+async def _reload(app: App, config_path: str | None, notifier: Notifier) -> None:
+    if config_path is None:
+        logger.warning("SIGHUP: running on the embedded default; nothing to reload", event="reload")
+        return
+    _notify(notifier.reloading)
+    try:
+        new = load_config(config_path)
+    except ConfigError as exc:
+        for message in exc.messages:
+            logger.error(
+                "reload rejected, keeping the running config: {message}",
+                message=message,
+                path=config_path,
+                event="reload_failed",
+            )
+    else:
+        await app.reload(new)
+        logger.info("config reloaded from {path}", path=config_path, event="reloaded")
+    _notify(notifier.ready, app.status_line(0))

@@ -25,7 +25,9 @@ from meksd import __version__
 from meksd.config import ServerConfig
 from meksd.core.protocol import from_wire
 from meksd.model.wire import Command, Hello, Ping, ProtocolError, Since, Subscribe, Unsubscribe
+from meksd.runtime.histogram import HistogramFamily
 from meksd.runtime.hub import Hub, RoomFeed
+from meksd.runtime.stats import DashboardTotals
 
 PROTOCOL = "meks.v1"
 MAX_SUBSCRIPTIONS = 32
@@ -44,12 +46,16 @@ class Dashboard:
         config: ServerConfig,
         *,
         conn_id: str,
+        totals: DashboardTotals,
+        latency: HistogramFamily | None = None,
     ) -> None:
         self.ws = ws
         self.stream = stream
         self.hub = hub
         self.config = config
         self.conn_id = conn_id
+        self.totals = totals
+        self.latency = latency
         self.subscriptions: dict[str, trio.CancelScope] = {}
         self.messages_sent = 0
         self.bytes_sent = 0
@@ -96,6 +102,7 @@ class Dashboard:
         """Drop the connection at once: its stream can no longer be trusted."""
         if not self._dead:
             self._dead = True
+            self.totals.killed += 1
             self._log.info("dashboard connection killed: {why}", why=why, event="conn_killed")
         self._scope.cancel()
 
@@ -105,7 +112,7 @@ class Dashboard:
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
                     try:
                         await self.ws.aclose(self._close_code, self._close_reason or None)
-                    except Exception:  # noqa: BLE001 - closing a broken peer
+                    except Exception:
                         pass
             await trio.aclose_forcefully(self.stream)
 
@@ -129,6 +136,8 @@ class Dashboard:
             else:
                 self.messages_sent += 1
                 self.bytes_sent += len(body)
+                self.totals.messages_sent += 1
+                self.totals.bytes_sent += len(body)
         await trio.lowlevel.checkpoint()
 
     async def send_json(self, message: dict[str, object]) -> None:
@@ -204,6 +213,7 @@ class Dashboard:
 
     async def _write(self, feed: RoomFeed, since: Since | None, scope: trio.CancelScope) -> None:
         """Send ``feed``'s deltas from the client's position on, for as long as subscribed."""
+        latency = self.latency.labels(feed.room_id) if self.latency is not None else None
         with scope:
             if since is not None and feed.can_resume(since.epoch, since.seq):
                 epoch, cursor = since.epoch, since.seq
@@ -218,6 +228,7 @@ class Dashboard:
                     epoch, cursor = await self._send_snapshot(feed)
                 elif cursor < feed.first_seq - 1:
                     self.lagged += 1
+                    self.totals.lagged[feed.room_id] += 1
                     await self.send_json(
                         {
                             "type": "lagged",
@@ -229,13 +240,17 @@ class Dashboard:
                     )
                     epoch, cursor = await self._send_snapshot(feed)
                 else:
+                    oldest = feed.received_at(cursor + 1)
                     cursor, body = feed.deltas_after(cursor, limit=MAX_DELTAS_PER_MESSAGE)
                     await self.send(body)
+                    if latency is not None:
+                        latency.observe(trio.current_time() - oldest)
 
     async def _send_snapshot(self, feed: RoomFeed) -> tuple[str, int]:
         epoch = feed.epoch
         seq, body = feed.snapshot()
         self.snapshots += 1
+        self.totals.snapshots[feed.room_id] += 1
         await self.send(body)
         return epoch, seq
 

@@ -51,6 +51,7 @@ class RoomFeed:
         self.room_id = state.room_id
         self._ring_size = ring_size
         self._ring: list[bytes] = [b""] * ring_size
+        self._times: list[float] = [0.0] * ring_size
         self._state = state
         self._epoch = state.epoch
         self._seq = seq
@@ -103,6 +104,10 @@ class RoomFeed:
         parts = [self._ring[s % size] for s in range(start, end + 1)]
         return end, b"[" + b",".join(parts) + b"]"
 
+    def received_at(self, seq: int) -> float:
+        """When the oldest event of delta ``seq`` was received (``trio.current_time()``)."""
+        return self._times[seq % self._ring_size]
+
     def snapshot(self) -> tuple[int, bytes]:
         """The encoded snapshot message of the current state, and its seq."""
         cached = self._snapshot
@@ -130,14 +135,17 @@ class RoomFeed:
 
     # --- write side (the room's actor only) -------------------------------------
 
-    def publish(self, seq: int, body: bytes, state: RoomState) -> None:
+    def publish(self, seq: int, body: bytes, state: RoomState, received_at: float) -> None:
         """Append the encoded delta ``seq`` and wake every waiting writer.
 
-        ``state`` is the room state after the delta. O(1) in the number of readers.
+        ``state`` is the room state after the delta; ``received_at`` is when the
+        oldest event in it was received (for the end-to-end latency metric).
+        O(1) in the number of readers.
         """
         if seq != self._seq + 1 or state.epoch != self._epoch:
             raise ValueError(f"publish out of order: {seq} after {self._seq}")
         self._ring[seq % self._ring_size] = body
+        self._times[seq % self._ring_size] = received_at
         self._seq = seq
         self._state = state
         self._first_seq = max(self._first_seq, seq - self._ring_size + 1)
@@ -152,6 +160,7 @@ class RoomFeed:
         self._seq = seq
         self._first_seq = seq + 1
         self._ring = [b""] * self._ring_size
+        self._times = [0.0] * self._ring_size
         self._wake()
 
     def close(self) -> None:

@@ -49,29 +49,36 @@ class Room:
         *,
         tick_s: float,
         ring_size: int,
-        initial: RoomState | None = None,
-        seq: int = 0,
+        owned: Owned | None = None,
+        feed: RoomFeed | None = None,
     ) -> None:
         self.settings = settings
         self.room_id = settings.id
-        state = initial or new_room(settings.id, new_epoch(), room_config(settings))
+        if owned is None:
+            owned = Owned(new_room(settings.id, new_epoch(), room_config(settings)))
         self.tick_s = tick_s
         self.counters = RoomCounters()
-        self.feed = RoomFeed(state, seq, ring_size=ring_size)
-        self._owned = Owned(state)
+        self.feed = feed or RoomFeed(owned.state, 0, ring_size=ring_size)
+        self._owned = owned
         self._actor: RoomActor | None = None
         self._inbox_send: trio.MemorySendChannel[InboxItem] | None = None
         self._raw_receive: trio.MemoryReceiveChannel[RawRecord] | None = None
         self._log = logger.bind(room=self.room_id)
         self._reject_log = LogLimiter(interval_s=10.0)
         self.sources = [
-            make_source(cfg, room_id=self.room_id, index=i) for i, cfg in enumerate(settings.sources)
+            make_source(cfg, room_id=self.room_id, index=i)
+            for i, cfg in enumerate(settings.sources)
         ]
+
+    @property
+    def owned(self) -> Owned:
+        """The actor's state and unpublished changes (state may be ahead of the feed)."""
+        return self._actor.owned if self._actor is not None else self._owned
 
     @property
     def state(self) -> RoomState:
         """The actor's current state (may be ahead of the last published delta)."""
-        return self._actor.owned.state if self._actor is not None else self._owned.state
+        return self.owned.state
 
     def ingest_depth(self) -> int:
         """Raw records waiting between the sources and the normalizer."""
@@ -109,7 +116,9 @@ class Room:
             if self.sources:
                 source = self.sources[0]
                 nursery.start_soon(
-                    self._supervise, f"source {source.name}", self._make_source_runner(source, raw_send)
+                    self._supervise,
+                    f"source {source.name}",
+                    self._make_source_runner(source, raw_send),
                 )
             self._log.info("room started", event="room_started", sources=len(self.sources))
             task_status.started()
@@ -118,7 +127,7 @@ class Room:
         self, inbox: trio.MemoryReceiveChannel[InboxItem]
     ) -> Callable[[], Awaitable[None]]:
         async def run_actor() -> None:
-            owned = self._actor.owned if self._actor is not None else self._owned
+            owned = self.owned
             self._actor = RoomActor(
                 owned, self.feed, inbox, tick_s=self.tick_s, counters=self.counters
             )

@@ -38,3 +38,23 @@ class RoomCounters:
     """Highest number of raw records seen waiting in the ingest channel."""
     last_event_at: float | None = None
     """``trio.current_time()`` of the last record received."""
+
+
+@attrs.define
+class DashboardTotals:
+    """Running totals over every dashboard connection since this process started.
+
+    Per-connection figures vanish with the connection; a metric counter must not go
+    down, so the server keeps these.
+    """
+
+    lagged: Counter[str] = attrs.field(factory=Counter)
+    """Times a dashboard fell off a room's ring and was resynced, by room."""
+    snapshots: Counter[str] = attrs.field(factory=Counter)
+    """Snapshots sent, by room."""
+    killed: int = 0
+    """Connections dropped because a send failed or timed out, or a pong never came."""
+    messages_sent: int = 0
+    """WebSocket messages sent to dashboards."""
+    bytes_sent: int = 0
+    """Payload bytes of those messages."""

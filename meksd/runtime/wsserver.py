@@ -17,7 +17,9 @@ from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_st
 
 from meksd.config import ServerConfig, parse_listen
 from meksd.runtime.dashboard import Dashboard
+from meksd.runtime.histogram import HistogramFamily
 from meksd.runtime.hub import Hub
+from meksd.runtime.stats import DashboardTotals
 
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -33,6 +35,8 @@ class DashboardServer:
         self.host = ""
         self.accepted = 0
         self.rejected = 0
+        self.totals = DashboardTotals()
+        self.latency: HistogramFamily | None = None
         self._ids = itertools.count(1)
         self._accept_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
@@ -96,16 +100,22 @@ class DashboardServer:
                 if ws is None:  # rejected, or the handshake timed out
                     ws_tasks.cancel_scope.cancel()
                     return
-                dash = Dashboard(ws, stream, self.hub, self.config, conn_id=conn_id)
+                dash = Dashboard(
+                    ws,
+                    stream,
+                    self.hub,
+                    self.config,
+                    conn_id=conn_id,
+                    totals=self.totals,
+                    latency=self.latency,
+                )
                 self._add(dash)
                 log.info("dashboard connected from {peer}", peer=_peer(stream), event="conn_open")
                 try:
                     await dash.run()
                 finally:
                     self._discard(dash)
-                    log.info(
-                        "dashboard disconnected", event="conn_close", sent=dash.messages_sent
-                    )
+                    log.info("dashboard disconnected", event="conn_close", sent=dash.messages_sent)
                 ws_tasks.cancel_scope.cancel()
         except Exception as exc:  # one connection's failure is that connection's only
             log.opt(exception=exc).warning("dashboard connection failed", event="conn_error")
