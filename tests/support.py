@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    serve_websocket,
+    wrap_client_stream,
+)
 
 from meksd.core.wire import apply_delta
 
@@ -122,3 +129,37 @@ async def serve_feed(
 
     server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
     return server.port, done
+
+
+@asynccontextmanager
+async def open_dashboard(
+    url: str, *, rcvbuf: int | None = None
+) -> AsyncIterator[WebSocketConnection]:
+    """A client WebSocket whose TCP stream we own and always close.
+
+    trio-websocket 0.12's ``open_websocket_url`` leaks the client socket when the
+    server closes first or rejects the handshake; tests run with warnings as errors.
+    """
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    if rcvbuf is None:
+        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    else:  # a small receive window: the server's sends block soon when we stop reading
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
+        await sock.connect((parts.hostname, parts.port))
+        stream = trio.SocketStream(sock)
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(
+                nursery, stream, f"{parts.hostname}:{parts.port}", parts.path or "/"
+            )
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(2) as cleanup:
+                    cleanup.shield = True
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)

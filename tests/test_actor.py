@@ -130,7 +130,7 @@ async def test_cancel_at_every_step_leaves_state_whole(
     events = make_events(60)
     k = 1
     while True:
-        steps, cancelled = await run_cancelled_at(k, events)
+        _, cancelled = await run_cancelled_at(k, events)
         if not cancelled or k > 400:
             break
         k += 1

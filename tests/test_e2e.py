@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 import trio
-from trio_websocket import open_websocket_url
 
 from meksd.config import parse_config
 from meksd.core.normalize import normalize
@@ -17,7 +16,7 @@ from meksd.model.events import Rejected, Unknown
 from meksd.model.raw import RawRecord
 from meksd.model.state import RoomConfig
 from meksd.runtime.app import App
-from tests.support import DashClient, serve_feed
+from tests.support import DashClient, open_dashboard, serve_feed
 
 GIFTS = [
     ("5655", "Rose", 1),
@@ -155,7 +154,7 @@ async def test_burst_to_fifty_dashboards_some_resuming_one_stuck() -> None:
             room = app.rooms["r1"]
 
             async def reader(client: DashClient, *, pause: float = 0.0) -> None:
-                async with open_websocket_url(url) as ws:
+                async with open_dashboard(url) as ws:
                     client.ws = ws
                     await client.subscribe("r1", resume=True)
                     while True:
@@ -166,7 +165,7 @@ async def test_burst_to_fifty_dashboards_some_resuming_one_stuck() -> None:
             async def resumer(client: DashClient, seed: int) -> None:
                 rng = random.Random(seed)
                 for _ in range(3):  # leave mid-burst, come back with `since`
-                    async with open_websocket_url(url) as ws:
+                    async with open_dashboard(url) as ws:
                         client.ws = ws
                         await client.subscribe("r1", resume=True)
                         with trio.move_on_after(rng.uniform(0.05, 0.3)):
@@ -176,7 +175,7 @@ async def test_burst_to_fifty_dashboards_some_resuming_one_stuck() -> None:
                 await reader(client)
 
             async def stuck(*, task_status: trio.TaskStatus[None]) -> None:
-                async with open_websocket_url(url) as ws:
+                async with open_dashboard(url) as ws:
                     await ws.send_message('{"type": "subscribe", "room": "r1"}')
                     task_status.started()
                     await trio.sleep_forever()  # never reads

@@ -286,3 +286,19 @@ def _delta(old: RoomState, new: RoomState, ledger: _Ledger, chat: list[ChatItem]
         battle_changed=battle_changed,
         battle=new.battle if battle_changed else None,
     )
+
+
+def reconfigure(state: RoomState, config: RoomConfig) -> RoomState:
+    """The same room under new limits (a config reload). Pure.
+
+    The chat ring is trimmed to the new ``chat_history``; the msgId memory keeps what
+    it remembers under its new capacity; timeouts and other limits apply from now on.
+    """
+    capacity = max(2, config.dedup_window)
+    dedup = (
+        state.dedup
+        if state.dedup.capacity == capacity
+        else attrs.evolve(state.dedup, capacity=capacity)
+    )
+    chat = state.chat[len(state.chat) - config.chat_history :] if config.chat_history else ()
+    return attrs.evolve(state, config=config, chat=chat, dedup=dedup)

@@ -4,7 +4,7 @@
 
     serve(config)                     signals; sd_notify; watchdog; gc.freeze once up
     └── App.run                       root nursery
-        ├── Room.run  × N             each in its own cancel scope
+        ├── Room.run  x N             each in its own cancel scope
         ├── DashboardServer.run       per dashboard: reader, writers, heartbeat
         ├── Metrics.run               event-loop lag, GC pauses
         └── AdminServer.run           /healthz /readyz /metrics /api/rooms
@@ -26,7 +26,9 @@ import attrs
 import trio
 from loguru import logger
 
-from meksd.config import Config, RoomSettings, load_config
+from meksd.config import Config, RoomSettings, load_config, room_config
+from meksd.core.reduce import reconfigure
+from meksd.core.wire import state_to_wire
 from meksd.errors import ConfigError
 from meksd.logsetup import configure_logging
 from meksd.runtime.actor import Owned
@@ -34,7 +36,7 @@ from meksd.runtime.admin import AdminServer
 from meksd.runtime.hub import Hub, RoomFeed
 from meksd.runtime.metrics import Metrics
 from meksd.runtime.notify import Notifier, NotifyError, run_watchdog, watchdog_interval
-from meksd.runtime.room import Room
+from meksd.runtime.room import Room, new_epoch
 from meksd.runtime.wsserver import DashboardServer
 
 PROBE_TIMEOUT_S = 5.0
@@ -148,13 +150,35 @@ class App:
                 await self.start_room(settings)
                 logger.info("reload: room added", room=room_id, event="room_added")
             elif settings != old_rooms[room_id] or tick_changed:
-                room = self.stop_room(room_id, keep_feed=True)
-                assert room is not None
-                await self.start_room(settings, owned=room.owned, feed=room.feed)
-                logger.info(
-                    "reload: room restarted with new settings", room=room_id, event="room_changed"
-                )
+                await self._restart_room(settings)
         configure_logging(self.config.log.level)
+
+    async def _restart_room(self, settings: RoomSettings) -> None:
+        """Restart a room's tasks under new settings, keeping its state and its feed.
+
+        If the new limits change what a snapshot shows (a shorter chat history), the
+        room starts a new epoch with the same counts, so every dashboard resyncs;
+        otherwise its dashboards go on from the same seq.
+        """
+        room = self.stop_room(settings.id, keep_feed=True)
+        assert room is not None
+        owned = room.owned
+        state = reconfigure(owned.state, room_config(settings))
+        if state_to_wire(state) != state_to_wire(owned.state):
+            state = attrs.evolve(state, epoch=new_epoch())
+            owned = Owned(state)  # the snapshot includes what was pending
+            room.feed.reset(state, 0)
+            resync = True
+        else:
+            owned = attrs.evolve(owned, state=state)
+            resync = False
+        await self.start_room(settings, owned=owned, feed=room.feed)
+        logger.info(
+            "reload: room restarted with new settings",
+            room=settings.id,
+            resync=resync,
+            event="room_changed",
+        )
 
     # --- shutdown ---------------------------------------------------------------
 

@@ -14,6 +14,7 @@ message. A cursor that fell off the ring gets ``lagged`` then a snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import orjson
@@ -110,10 +111,8 @@ class Dashboard:
         with trio.CancelScope(shield=True):
             if not self._dead and self.ws.closed is None:
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    try:
+                    with contextlib.suppress(Exception):  # closing a broken peer
                         await self.ws.aclose(self._close_code, self._close_reason or None)
-                    except Exception:
-                        pass
             await trio.aclose_forcefully(self.stream)
 
     # --- sending ----------------------------------------------------------------

@@ -54,7 +54,7 @@ class DashboardServer:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
 
-            async def accept(*, task_status: trio.TaskStatus[None]) -> None:
+            async def accept(*, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
                 try:
                     with self._accept_scope:
                         await trio.serve_listeners(
