@@ -153,7 +153,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or config.log.level)
     from meksd.runtime.app import serve
 
-    trio.run(partial(serve, config, config_path=args.config))
+    trio.run(partial(serve, config, config_path=args.config, log_level=args.log_level))
     return 0
 
 

@@ -436,11 +436,14 @@ def configure_logging(
     stdlib `logging` into loguru at WARNING and above (one `InterceptHandler` on
     the root logger, however often this is called).
 
+    Raises `ValueError` for an unknown *level*, leaving the logging as it was.
+
     *journal*: write ``<N>`` priority prefixes; None (default) decides by
     `journal_stream_matches`. *rate_limit* records per key per *rate_interval_s*
     (None: unlimited), timed by *clock*. *stream*: default ``sys.stderr``.
     """
     global _sink, _atexit_registered
+    level = logger.level(level.upper()).name  # ValueError before anything is removed
     if journal is None:
         journal = journal_stream_matches(stream=stream)
     sink = JsonSink(
@@ -457,7 +460,7 @@ def configure_logging(
         logger.remove()
         logger.add(
             sink,
-            level=level.upper(),
+            level=level,
             format="{message}",
             filter=sink.admit,
             colorize=False,

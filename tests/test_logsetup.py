@@ -40,10 +40,13 @@ class FakeClock:
 
 
 @pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Give the next test loguru's default handler and the root logger as they were."""
+def restore_logging(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """Start from a fresh sink (an earlier test's may hold summaries, which replacing it
+    writes out); leave loguru's default handler and the root logger as they were."""
     root = logging.getLogger()
     handlers = list(root.handlers)
+    configure_logging("INFO", journal=False, rate_limit=None)
+    capsys.readouterr()
     yield
     flush_suppressed()
     logger.remove()
@@ -377,3 +380,12 @@ async def test_meksd_run_logs_priority_prefixed_json_to_journald(tmp_path: Path)
     assert any(
         record.get("room") == "replayed" and record.get("source") == "replay:0" for record in parsed
     )
+
+
+def test_unknown_level_leaves_logging_as_it_was(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown level raises ValueError and the sink in place keeps working."""
+    configure_logging("INFO", journal=False)
+    with pytest.raises(ValueError):
+        configure_logging("LOUD")
+    logger.info("still here")
+    assert [r["msg"] for r in records(capsys)] == ["still here"]

@@ -9,7 +9,9 @@ one merged delta instead; applying it is the same as applying both in order
 
 from __future__ import annotations
 
-from meksd.model.state import Delta, LeaderRow
+import attrs
+
+from meksd.model.state import ChatItem, ChatUpdate, Delta, LeaderRow
 
 __all__ = ["merge"]
 
@@ -19,17 +21,21 @@ def merge(older: Delta, newer: Delta) -> Delta:
 
     Leaderboard rows: one per user, the newer row wins, in order of first change.
     Gift and chat items: concatenated, all kept (``merge`` has no room config, so the
-    chat is not trimmed; a client trims to its ``chat_limit``). Scalars and battle:
-    the newer value when set, else the older.
+    chat is not trimmed; a client trims to its ``chat_limit``). Chat updates: one per
+    message, the newer wins; a newer update of a message that is new in ``older``
+    is folded into that chat item instead (a client applies updates before it
+    appends). Scalars and battle: the newer value when set, else the older.
     """
     if older.empty:
         return newer
     if newer.empty:
         return older
+    chat, chat_updates = _merge_chat(older, newer)
     return Delta(
         leaderboard=_merge_rows(older.leaderboard, newer.leaderboard),
         gifts=older.gifts + newer.gifts,
-        chat=older.chat + newer.chat,
+        chat=chat,
+        chat_updates=chat_updates,
         totals=newer.totals if newer.totals is not None else older.totals,
         viewers=newer.viewers if newer.viewers is not None else older.viewers,
         live=newer.live if newer.live is not None else older.live,
@@ -49,3 +55,24 @@ def _merge_rows(
     for row in newer:
         rows[row.user_id] = row
     return tuple(rows.values())
+
+
+def _merge_chat(
+    older: Delta, newer: Delta
+) -> tuple[tuple[ChatItem, ...], tuple[ChatUpdate, ...]]:
+    if not newer.chat_updates:
+        return older.chat + newer.chat, older.chat_updates
+    flags = {u.msg_id: u for u in newer.chat_updates}
+    folded: set[str] = set()
+    chat: list[ChatItem] = []
+    for item in older.chat:
+        update = flags.get(item.msg_id)
+        if update is not None:
+            item = attrs.evolve(item, pinned=update.pinned, hidden=update.hidden)
+            folded.add(item.msg_id)
+        chat.append(item)
+    merged = {u.msg_id: u for u in older.chat_updates}
+    for update in newer.chat_updates:
+        if update.msg_id not in folded:
+            merged[update.msg_id] = update
+    return (*chat, *newer.chat), tuple(merged.values())

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import attrs
 
 from meksd.core.battle import apply_armies, apply_battle_status
-from meksd.core.chat import chat_item, extend_ring
+from meksd.core.chat import chat_item, extend_ring, trim_ring
 from meksd.core.dedup import new_dedup, remember, seen
 from meksd.core.gifts import (
     CLOSED_STREAK_AGE,
@@ -51,6 +51,7 @@ from meksd.core.gifts import (
     time_out,
 )
 from meksd.core.ranking import credit
+from meksd.model.commands import CommandMemory
 from meksd.model.events import (
     BattleArmies,
     BattleStatus,
@@ -85,6 +86,7 @@ def new_room(room_id: str, epoch: str, config: RoomConfig) -> RoomState:
         epoch=epoch,
         config=config,
         dedup=new_dedup(config.dedup_window),
+        commands=CommandMemory(capacity=max(2, config.command_memory)),
     )
 
 
@@ -300,5 +302,5 @@ def reconfigure(state: RoomState, config: RoomConfig) -> RoomState:
         if state.dedup.capacity == capacity
         else attrs.evolve(state.dedup, capacity=capacity)
     )
-    chat = state.chat[len(state.chat) - config.chat_history :] if config.chat_history else ()
+    chat = trim_ring(state.chat, config.chat_history)
     return attrs.evolve(state, config=config, chat=chat, dedup=dedup)

@@ -14,7 +14,8 @@ room. The shapes (``docs/protocol.md`` is the contract):
                    "nickname", "score"}], "supporters": {host_id: [{"user_id",
                    "unique_id", "nickname", "score"}]}, "started_wall_ms",
                    "duration_s", "winner"},
-        "chat": [{"msg_id", "user_id", "unique_id", "nickname", "comment", "wall_ms"}],
+        "chat": [{"msg_id", "user_id", "unique_id", "nickname", "comment", "wall_ms",
+                  "pinned", "hidden"}],
         "chat_limit": int,
         "live": "live" | "ended"}}
 
@@ -22,7 +23,8 @@ room. The shapes (``docs/protocol.md`` is the contract):
 "seq"}`` plus only the keys that changed among ``leaderboard`` (changed rows),
 ``gifts`` (items: ``msg_id``, ``user_id``, ``unique_id``, ``nickname``, ``gift_id``,
 ``gift_name``, ``diamond_count``, ``repeat_count``, ``streak``, ``counted_diamonds``,
-``wall_ms``), ``chat``, ``totals``, ``viewers``, ``live``, ``battle``.
+``wall_ms``), ``chat``, ``chat_updates`` (``{"msg_id", "pinned", "hidden"}`` of
+messages already in the chat), ``totals``, ``viewers``, ``live``, ``battle``.
 
 :func:`apply_delta` is what a dashboard does with a delta; for any events split
 into any batches, applying every delta to the first snapshot's ``state`` gives the
@@ -37,6 +39,7 @@ from meksd.core.ranking import ranked
 from meksd.model.state import (
     Battle,
     ChatItem,
+    ChatUpdate,
     Delta,
     GiftItem,
     LeaderRow,
@@ -48,6 +51,7 @@ __all__ = [
     "apply_delta",
     "battle_to_wire",
     "chat_item_to_wire",
+    "chat_update_to_wire",
     "delta_message",
     "gift_item_to_wire",
     "leader_row_to_wire",
@@ -127,7 +131,14 @@ def chat_item_to_wire(item: ChatItem) -> JSONDict:
         "nickname": item.nickname,
         "comment": item.comment,
         "wall_ms": item.wall_ms,
+        "pinned": item.pinned,
+        "hidden": item.hidden,
     }
+
+
+def chat_update_to_wire(update: ChatUpdate) -> JSONDict:
+    """New flags of a message already in the chat."""
+    return {"msg_id": update.msg_id, "pinned": update.pinned, "hidden": update.hidden}
 
 
 def gift_item_to_wire(item: GiftItem) -> JSONDict:
@@ -180,6 +191,8 @@ def delta_message(room: str, epoch: str, seq: int, delta: Delta) -> JSONDict:
         message["gifts"] = [gift_item_to_wire(item) for item in delta.gifts]
     if delta.chat:
         message["chat"] = [chat_item_to_wire(item) for item in delta.chat]
+    if delta.chat_updates:
+        message["chat_updates"] = [chat_update_to_wire(u) for u in delta.chat_updates]
     if delta.totals is not None:
         message["totals"] = totals_to_wire(delta.totals)
     if delta.viewers is not None:
@@ -196,7 +209,9 @@ def apply_delta(view: JSONDict, delta_msg: JSONDict) -> JSONDict:
 
     Pure: returns a new dict and leaves both arguments alone. Leaderboard rows are
     upserted by ``user_id`` and re-sorted (diamonds descending, then ``since``);
-    chat items are appended and trimmed to ``view["chat_limit"]``; ``totals``,
+    ``chat_updates`` set the flags of the messages they name, then chat items are
+    appended, then the chat is trimmed to the last ``view["chat_limit"]`` messages
+    plus the older pinned ones (:func:`meksd.core.chat.trim_ring`); ``totals``,
     ``viewers``, ``live`` and ``battle`` are replaced when present. ``gifts`` items
     are events to show, not state, and leave the view unchanged.
     """
@@ -210,9 +225,24 @@ def apply_delta(view: JSONDict, delta_msg: JSONDict) -> JSONDict:
             by_user.values(), key=lambda r: (-r["diamonds"], r["since"], r["user_id"])
         )
     chat = delta_msg.get("chat")
-    if chat:
+    updates = delta_msg.get("chat_updates")
+    if chat or updates:
+        items = view["chat"]
+        if updates:
+            flags = {u["msg_id"]: {"pinned": u["pinned"], "hidden": u["hidden"]} for u in updates}
+            items = [
+                {**item, **flags[item["msg_id"]]} if item["msg_id"] in flags else item
+                for item in items
+            ]
+        if chat:
+            items = [*items, *chat]
         limit = view["chat_limit"]
-        new["chat"] = [*view["chat"], *chat][-limit:] if limit > 0 else []
+        start = len(items) - limit
+        new["chat"] = (
+            [item for i, item in enumerate(items) if i >= start or item.get("pinned")]
+            if limit > 0
+            else []
+        )
     for key in ("totals", "viewers", "live", "battle"):
         if key in delta_msg:
             new[key] = delta_msg[key]

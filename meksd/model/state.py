@@ -12,6 +12,7 @@ from typing import Literal
 import attrs
 import immutables
 
+from meksd.model.commands import CommandMemory
 from meksd.model.events import GiftKey, User
 
 LiveStatus = Literal["live", "ended"]
@@ -123,6 +124,20 @@ class ChatItem:
     nickname: str
     comment: str
     wall_ms: int
+    pinned: bool = False
+    """Pinned by an operator (``chat.pin``): kept in the chat past ``chat_history``."""
+    hidden: bool = False
+    """Hidden by an operator (``chat.hide``): still in the chat, flagged."""
+
+
+@attrs.frozen
+class ChatUpdate:
+    """New flags of a chat message already in the room's chat (a delta's
+    ``chat_updates``)."""
+
+    msg_id: str
+    pinned: bool
+    hidden: bool
 
 
 @attrs.frozen
@@ -177,6 +192,10 @@ class RoomConfig:
     closed_streak_memory: int = 4_096
     """How many timeout-closed streaks are remembered for late-end reconciliation."""
     battle_supporters: int = 5
+    chat_pins: int = 5
+    """Most chat messages pinned at once (pinned messages outlive ``chat_history``)."""
+    command_memory: int = 1024
+    """Operator command ids remembered for idempotent retries (half to all of them)."""
 
 
 @attrs.frozen
@@ -206,6 +225,8 @@ class RoomState:
     """Events dropped because their msgId was already seen (cumulative)."""
     streaks_timed_out: int = 0
     """Streaks closed by ``expire`` for lack of an end event (cumulative)."""
+    commands: CommandMemory = CommandMemory()
+    """Results of recent operator command ids; carried across ``session.reset``."""
 
 
 @attrs.frozen
@@ -221,6 +242,8 @@ class Delta:
     leaderboard: tuple[LeaderRow, ...] = ()
     gifts: tuple[GiftItem, ...] = ()
     chat: tuple[ChatItem, ...] = ()
+    chat_updates: tuple[ChatUpdate, ...] = ()
+    """Flag changes of messages already in the chat (conflated per msg_id)."""
     totals: Totals | None = None
     viewers: int | None = None
     live: LiveStatus | None = None
@@ -233,6 +256,7 @@ class Delta:
             self.leaderboard
             or self.gifts
             or self.chat
+            or self.chat_updates
             or self.totals is not None
             or self.viewers is not None
             or self.live is not None

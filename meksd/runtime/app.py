@@ -30,7 +30,7 @@ from meksd.config import Config, RoomSettings, load_config, room_config
 from meksd.core.reduce import reconfigure
 from meksd.core.wire import state_to_wire
 from meksd.errors import ConfigError
-from meksd.logsetup import configure_logging
+from meksd.logsetup import configure_logging, flush_suppressed
 from meksd.runtime.actor import Owned
 from meksd.runtime.admin import AdminServer
 from meksd.runtime.hub import Hub, RoomFeed
@@ -46,8 +46,10 @@ STATUS_EVERY_S = 10.0
 class App:
     """One meksd process's rooms and listeners."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, log_level: str | None = None) -> None:
         self.config = config
+        self.log_level = log_level
+        """A ``--log-level`` given on the command line wins over ``[log] level``."""
         self.hub = Hub()
         self.rooms: dict[str, Room] = {}
         self.dashboards = DashboardServer(self.hub, config.server)
@@ -151,7 +153,8 @@ class App:
                 logger.info("reload: room added", room=room_id, event="room_added")
             elif settings != old_rooms[room_id] or tick_changed:
                 await self._restart_room(settings)
-        configure_logging(self.config.log.level)
+        if self.log_level is None and new.log.level != old.log.level:
+            configure_logging(new.log.level)
 
     async def _restart_room(self, settings: RoomSettings) -> None:
         """Restart a room's tasks under new settings, keeping its state and its feed.
@@ -196,6 +199,13 @@ class App:
         return sum(room.counters.events for room in self.rooms.values())
 
 
+async def _flush_log_summaries() -> None:
+    """Write rate-limited log summaries ("suppressed K similar lines") within a second."""
+    while True:
+        await trio.sleep(1.0)
+        flush_suppressed()
+
+
 async def _report_status(app: App, notifier: Notifier) -> None:
     """``STATUS=`` for ``systemctl status``: rooms, dashboards, events/s."""
     last_total, last_at = app.events_total(), trio.current_time()
@@ -218,6 +228,7 @@ async def serve(
     config: Config,
     *,
     config_path: str | None = None,
+    log_level: str | None = None,
     environ: Mapping[str, str] | None = None,
     task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -228,7 +239,7 @@ async def serve(
     """
     env = os.environ if environ is None else environ
     notifier = Notifier.from_env(env)
-    app = App(config)
+    app = App(config, log_level=log_level)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(app.run)
@@ -250,6 +261,7 @@ async def serve(
                 await nursery.start(run_watchdog, notifier, app.healthy, interval / 2)
             if notifier.enabled:
                 nursery.start_soon(_report_status, app, notifier)
+            nursery.start_soon(_flush_log_summaries)
             task_status.started(app)
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -272,13 +284,12 @@ async def _reload(app: App, config_path: str | None, notifier: Notifier) -> None
     try:
         new = load_config(config_path)
     except ConfigError as exc:
-        for message in exc.messages:
-            logger.error(
-                "reload rejected, keeping the running config: {message}",
-                message=message,
-                path=config_path,
-                event="reload_failed",
-            )
+        logger.error(
+            "reload rejected, keeping the running config: {problems}",
+            problems="; ".join(exc.messages),
+            path=config_path,
+            event="reload_failed",
+        )
     else:
         await app.reload(new)
         logger.info("config reloaded from {path}", path=config_path, event="reloaded")

@@ -1,0 +1,1 @@
+"""meksd's benchmark harness (not tests: it prints figures). See BENCHMARKS.md."""

@@ -1,0 +1,517 @@
+"""The orchestrator: runs every server through the same profiles with the same client.
+
+Layout on a 2-core machine: the server under test on CPU 0; the load client, the
+feed (this process) and py-spy on CPU 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psutil
+
+from benchmarks import feed as feedmod
+from benchmarks import servers
+
+RESULTS = servers.ROOT / "benchmarks" / "results"
+OUT = servers.ROOT / "benchmarks" / "out"
+
+P1, BURST, CEILING0, P3, PROFILE = 1, 2, 10, 30, 40
+
+
+@attrs.frozen
+class Profile:
+    name: str
+    dashboards: int
+    verify: int
+    p1_rate: float
+    p1_s: float
+    burst_s: float
+    burst_base: float
+    burst_peak: float
+    burst_every_s: float
+    burst_len_s: float
+    levels: tuple[float, ...]
+    level_s: float
+    drain_s: float
+    p3_rooms: int
+    p3_per_room: int
+    p3_rate: float
+    p3_s: float
+    profile_s: float
+    ceiling_servers: tuple[str, ...] = ("meksd", "node-event")
+
+
+FULL = Profile(
+    name="full",
+    dashboards=300,
+    verify=10,
+    p1_rate=500,
+    p1_s=90,
+    burst_s=30,
+    burst_base=100,
+    burst_peak=2000,
+    burst_every_s=10,
+    burst_len_s=2,
+    levels=(500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 12000, 16000),
+    level_s=4,
+    drain_s=2,
+    p3_rooms=25,
+    p3_per_room=30,
+    p3_rate=50,
+    p3_s=60,
+    profile_s=30,
+)
+QUICK = Profile(
+    name="quick",
+    dashboards=100,
+    verify=10,
+    p1_rate=500,
+    p1_s=8,
+    burst_s=6,
+    burst_base=100,
+    burst_peak=2000,
+    burst_every_s=6,
+    burst_len_s=2,
+    levels=(1000, 3000, 8000),
+    level_s=2,
+    drain_s=0.8,
+    p3_rooms=25,
+    p3_per_room=10,
+    p3_rate=50,
+    p3_s=6,
+    profile_s=0,
+)
+
+
+def cpus() -> tuple[int | None, int | None]:
+    """(server CPU, client CPU); no pinning on a single-CPU machine."""
+    avail = sorted(os.sched_getaffinity(0))
+    if len(avail) >= 2:
+        return avail[0], avail[1]
+    return None, None
+
+
+class Meter:
+    """CPU and memory of one process over a window."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self._t0 = 0.0
+        self._c0 = 0.0
+
+    def cpu_seconds(self) -> float:
+        t = self.proc.cpu_times()
+        return t.user + t.system
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._c0 = self.cpu_seconds()
+
+    def stop(self) -> float:
+        """CPU % of one core since :meth:`start`."""
+        return 100 * (self.cpu_seconds() - self._c0) / max(time.monotonic() - self._t0, 1e-9)
+
+    def peak_rss_mb(self) -> float:
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return self.proc.memory_info().rss / 2**20
+
+
+class Client:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.meter = Meter(proc.pid)
+
+    @classmethod
+    async def start(
+        cls, server: servers.Server, rooms: list[str], per_room: int, verify: int, *,
+        cpu: int | None, series: Path | None, msgpack: bool,
+    ) -> Client:
+        argv = [
+            sys.executable, "-m", "benchmarks.client",
+            "--port", str(server.ws_port), "--path", server.path,
+            "--kind", server.client_kind, "--rooms", ",".join(rooms),
+            "--per-room", str(per_room), "--verify", str(verify),
+        ]  # fmt: skip
+        if series is not None:
+            argv += ["--series", str(series)]
+        if msgpack:
+            argv.append("--msgpack")
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=servers.ROOT,
+            preexec_fn=servers.pin(cpu),
+            limit=2**24,
+        )
+        client = cls(proc)
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)  # type: ignore[union-attr]
+        if not line.startswith(b"READY"):
+            raise RuntimeError(f"load client failed to start: {line!r}")
+        return client
+
+    async def ask(self, cmd: str, spans: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, "spans": spans}).encode() + b"\n")
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 120)
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def scrape(server: servers.Server) -> dict[str, dict[str, float]]:
+    """meksd's /metrics histograms we care about, as {name: {le: count}}."""
+    if server.admin_port is None:
+        return {}
+    url = f"http://127.0.0.1:{server.admin_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        for name in ("meksd_gc_pause_seconds_bucket", "meksd_event_loop_lag_seconds_bucket"):
+            if line.startswith(name + "{"):
+                labels, value = line.rsplit(" ", 1)
+                le = labels.split('le="', 1)[1].split('"', 1)[0]
+                key = name.removesuffix("_bucket")
+                # Sum over generations: the max bucket is what we report.
+                out.setdefault(key, {})
+                out[key][le] = out[key].get(le, 0.0) + float(value)
+    return out
+
+
+def histogram_max(before: dict[str, float], after: dict[str, float]) -> tuple[int, str | None]:
+    """(observations in the window, upper bound of the highest non-empty bucket)."""
+    bounds = sorted(after, key=lambda le: float("inf") if le == "+Inf" else float(le))
+    diffs = [(le, after[le] - before.get(le, 0.0)) for le in bounds]
+    total = int(diffs[-1][1]) if diffs else 0
+    if total == 0:
+        return 0, None
+    for le, cum in diffs:
+        if cum >= total:
+            return total, le
+    return total, "+Inf"
+
+
+def summarize_phase(
+    played: dict[str, Any], client: dict[str, Any], phase: int
+) -> dict[str, Any]:
+    c = client["phases"][str(phase)]
+    return {
+        "events_sent": played["sent"],
+        "target_events": played["target"],
+        "seconds": played["seconds"],
+        "events_per_s": played["rate"],
+        "deliveries": c["expected"] - c["lost"] - c["resynced"] - c["lost_disconnected"],
+        **c,
+    }
+
+
+async def play_phase(
+    feed: feedmod.FeedServer,
+    segments: list[feedmod.Segment],
+    server: servers.Server,
+    client: Client,
+    drain_s: float,
+) -> dict[str, Any]:
+    """Play ``segments`` (one phase), measure server and client CPU over the play."""
+    phase = segments[0].phase
+    smeter = Meter(server.pid)
+    before = await asyncio.to_thread(scrape, server)
+    smeter.start()
+    client.meter.start()
+    played = (await feed.play(segments))[phase]
+    server_cpu = smeter.stop()
+    client_cpu = client.meter.stop()
+    await asyncio.sleep(drain_s)
+    after = await asyncio.to_thread(scrape, server)
+    report = await client.ask("stats", {str(phase): played["spans"]})
+    out = summarize_phase(played, report, phase)
+    out["server_cpu_pct"] = server_cpu
+    out["client_cpu_pct"] = client_cpu
+    out["deliveries_per_s"] = out["deliveries"] / max(played["seconds"], 1e-9)
+    out["open_conns"] = report["open"]
+    out["lagged_total"] = report["lagged"]
+    for key in ("meksd_gc_pause_seconds", "meksd_event_loop_lag_seconds"):
+        if key in after:
+            n, le = histogram_max(before.get(key, {}), after[key])
+            out[key.removeprefix("meksd_") + "_count"] = n
+            out[key.removeprefix("meksd_") + "_max_le"] = le
+    out["client_bytes"] = report["bytes"]
+    out["client_frames"] = report["frames"]
+    out["json_bytes_sampled"] = report["json_bytes_sampled"]
+    out["msgpack_bytes_sampled"] = report["msgpack_bytes_sampled"]
+    return out
+
+
+def passes(r: dict[str, Any], level: float) -> bool:
+    p99 = r["p99_ms"]
+    return (
+        p99 is not None
+        and p99 <= 50
+        and r["lost"] == 0
+        and r["resynced"] == 0
+        and r["lost_disconnected"] == 0
+        and r["events_per_s"] >= 0.95 * level
+    )
+
+
+async def single_room_session(
+    kind: str, prof: Profile, out: Path, log: Any
+) -> dict[str, Any]:
+    """One server process, one client: point 1, the burst run, then the ceiling."""
+    server_cpu, client_cpu = cpus()
+    feed = feedmod.FeedServer()
+    await feed.start()
+    server = await servers.start(
+        kind, feed_urls=[feed.url(0)], rooms=["bench0"], out=out / kind, cpu=server_cpu
+    )
+    result: dict[str, Any] = {"server": kind}
+    client = None
+    try:
+        await feed.wait_for(1, 30)
+        series = out / kind / "series.bin"
+        client = await Client.start(
+            server, ["bench0"], prof.dashboards, prof.verify, cpu=client_cpu,
+            series=series, msgpack=(kind == "meksd"),
+        )  # fmt: skip
+        await asyncio.sleep(0.5)
+        log(f"  {kind}: point 1, {prof.p1_rate:g} ev/s for {prof.p1_s:g}s")
+        result["p1"] = await play_phase(
+            feed, feedmod.steady(P1, prof.p1_rate, prof.p1_s), server, client, prof.drain_s
+        )
+        log(f"  {kind}: burst run")
+        result["burst"] = await play_phase(
+            feed,
+            feedmod.burst(
+                BURST, prof.burst_base, prof.burst_peak, prof.burst_s,
+                prof.burst_every_s, prof.burst_len_s,
+            ),
+            server, client, prof.drain_s,
+        )  # fmt: skip
+        if kind in prof.ceiling_servers:
+            levels = []
+            ceiling = None
+            for i, rate in enumerate(prof.levels):
+                r = await play_phase(
+                    feed, feedmod.steady(CEILING0 + i, rate, prof.level_s), server, client,
+                    prof.drain_s,
+                )  # fmt: skip
+                r["level"] = rate
+                r["pass"] = passes(r, rate)
+                levels.append(r)
+                log(
+                    f"  {kind}: ceiling level {rate:g} ev/s: achieved {r['events_per_s']:.0f}, "
+                    f"p99 {r['p99_ms']} ms, lost {r['lost']}, resynced {r['resynced']}, "
+                    f"server CPU {r['server_cpu_pct']:.0f}%, client CPU "
+                    f"{r['client_cpu_pct']:.0f}% -> {'pass' if r['pass'] else 'FAIL'}"
+                )
+                if not r["pass"]:
+                    break
+                ceiling = rate
+            result["ceiling"] = {"levels": levels, "ceiling": ceiling,
+                                 "max_level": prof.levels[-1]}  # fmt: skip
+        final = await client.ask("final", {})
+        result["client_final"] = {k: v for k, v in final.items() if k != "phases"}
+        result["peak_rss_mb"] = Meter(server.pid).peak_rss_mb()
+        result["series"] = str(series)
+    finally:
+        if client is not None:
+            await client.stop()
+        await server.stop()
+        await feed.close()
+    return result
+
+
+async def multi_room_session(prof: Profile, out: Path, log: Any) -> dict[str, Any]:
+    """Point 3: meksd with many rooms, a few dashboards each."""
+    server_cpu, client_cpu = cpus()
+    feed = feedmod.FeedServer()
+    await feed.start()
+    rooms = [f"room{i:02d}" for i in range(prof.p3_rooms)]
+    server = await servers.start(
+        "meksd", feed_urls=[feed.url(i) for i in range(len(rooms))], rooms=rooms,
+        out=out / "meksd-rooms", cpu=server_cpu,
+    )  # fmt: skip
+    client = None
+    try:
+        await feed.wait_for(len(rooms), 30)
+        client = await Client.start(
+            server, rooms, prof.p3_per_room, len(rooms), cpu=client_cpu, series=None,
+            msgpack=False,
+        )  # fmt: skip
+        await asyncio.sleep(0.5)
+        log(
+            f"  meksd: point 3, {len(rooms)} rooms x {prof.p3_per_room} dashboards, "
+            f"{prof.p3_rate:g} ev/s each, {prof.p3_s:g}s"
+        )
+        r = await play_phase(
+            feed, feedmod.steady(P3, prof.p3_rate, prof.p3_s), server, client, prof.drain_s
+        )
+        r["peak_rss_mb"] = Meter(server.pid).peak_rss_mb()
+        r["rss_mb"] = psutil.Process(server.pid).memory_info().rss / 2**20
+        await client.ask("final", {})
+        return r
+    finally:
+        if client is not None:
+            await client.stop()
+        await server.stop()
+        await feed.close()
+
+
+async def profile_session(prof: Profile, out: Path, log: Any) -> dict[str, Any]:
+    """meksd at point 1's load under py-spy (a separate run: sampling costs CPU)."""
+    server_cpu, client_cpu = cpus()
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    feed = feedmod.FeedServer()
+    await feed.start()
+    server = await servers.start(
+        "meksd", feed_urls=[feed.url(0)], rooms=["bench0"], out=out / "meksd-profile",
+        cpu=server_cpu,
+    )  # fmt: skip
+    client = None
+    raw = out / "meksd-profile" / "pyspy.txt"
+    try:
+        await feed.wait_for(1, 30)
+        client = await Client.start(
+            server, ["bench0"], prof.dashboards, prof.verify, cpu=client_cpu, series=None,
+            msgpack=False,
+        )  # fmt: skip
+        await asyncio.sleep(0.5)
+        spy = await asyncio.create_subprocess_exec(
+            pyspy, "record", "--nonblocking", "--pid", str(server.pid), "--rate", "250",
+            "--format", "raw", "--output", str(raw), "--duration", str(int(prof.profile_s)),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=servers.pin(client_cpu),
+        )  # fmt: skip
+        log(f"  meksd under py-spy: {prof.p1_rate:g} ev/s for {prof.profile_s:g}s")
+        r = await play_phase(
+            feed, feedmod.steady(PROFILE, prof.p1_rate, prof.profile_s), server, client,
+            prof.drain_s,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(spy.communicate(), 30)
+        if spy.returncode != 0 or not raw.exists():
+            return {"error": f"py-spy failed: {err.decode(errors='replace')[-500:]}", **r}
+        r["profile"] = summarize_pyspy(raw)
+        r["raw"] = str(raw)
+        return r
+    finally:
+        if client is not None:
+            await client.stop()
+        await server.stop()
+        await feed.close()
+
+
+def summarize_pyspy(raw: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive shares per function from py-spy's collapsed stacks."""
+    self_n: dict[str, int] = {}
+    incl_n: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count_s)
+        total += n
+        frames = [_short(f) for f in stack.split(";")]
+        # Skip the process/thread root frame py-spy may add.
+        leaf = frames[-1]
+        self_n[leaf] = self_n.get(leaf, 0) + n
+        for f in set(frames):
+            incl_n[f] = incl_n.get(f, 0) + n
+
+    def ranked(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, 100 * v / total) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "self": ranked(self_n), "inclusive": ranked(incl_n)}
+
+
+def _short(frame: str) -> str:
+    """``func (path/to/file.py:12)`` -> ``func (file.py)``, with a package hint."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path = where.rsplit(":", 1)[0]
+    parts = path.replace("\\", "/").split("/")
+    if "site-packages" in parts:
+        parts = parts[parts.index("site-packages") + 1 :]
+    elif "meksd" in parts:
+        parts = parts[parts.index("meksd") :]
+    else:
+        parts = parts[-1:]
+    return f"{name} ({'/'.join(parts)})"
+
+
+def node_ok(log: Any) -> bool:
+    why = servers.node_available()
+    if why:
+        log(f"skipping the Node peers: {why}")
+        return False
+    return True
+
+
+async def run(prof: Profile, only: list[str] | None, log: Any) -> dict[str, Any]:
+    server_cpu, client_cpu = cpus()
+    if server_cpu is not None:
+        os.sched_setaffinity(0, {client_cpu})  # the feed lives with the client
+        log(f"server on CPU {server_cpu}; client, feed and py-spy on CPU {client_cpu}")
+    else:
+        log("one CPU: no pinning (server and client compete)")
+    out = OUT / prof.name
+    out.mkdir(parents=True, exist_ok=True)
+    kinds = [k for k in servers.SERVER_KINDS if only is None or k in only]
+    if any(k.startswith("node") for k in kinds) and not node_ok(log):
+        kinds = [k for k in kinds if not k.startswith("node")]
+    results: dict[str, Any] = {
+        "profile": attrs.asdict(prof),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine(),
+        "servers": {},
+    }
+    t0 = time.monotonic()
+    for kind in kinds:
+        log(f"[{time.monotonic() - t0:5.0f}s] {kind}")
+        results["servers"][kind] = await single_room_session(kind, prof, out, log)
+    if only is None or "rooms" in only:
+        log(f"[{time.monotonic() - t0:5.0f}s] point 3")
+        results["rooms"] = await multi_room_session(prof, out, log)
+    if prof.profile_s > 0 and (only is None or "profile" in only):
+        log(f"[{time.monotonic() - t0:5.0f}s] profile")
+        results["profile_run"] = await profile_session(prof, out, log)
+    results["elapsed_s"] = time.monotonic() - t0
+    return results
+
+
+def machine() -> dict[str, Any]:
+    def version(argv: list[str]) -> str | None:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return None
+
+    return {
+        "cpus": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "python": sys.version.split()[0],
+        "node": version(["node", "--version"]),
+        "load_avg_at_start": os.getloadavg(),
+    }

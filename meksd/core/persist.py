@@ -1,0 +1,305 @@
+"""A room's state as bytes and back: the format of the store and of state exports.
+
+Pure, like the rest of ``core``: no file, no clock. The store writes what
+:func:`state_to_bytes` returns and restores with :func:`state_from_bytes`; ``meksd
+state export`` prints the same bytes and ``meksd state import`` reads them.
+
+The format is UTF-8 JSON (stdlib ``json``), versioned, one object::
+
+    {"format": "meksd.room-state", "version": 1, "seq": 1832,
+     "state": {"room_id": ..., "epoch": ..., "config": {...}, "leaderboard": [...],
+               "totals": {...}, "viewers": ..., "live": ..., "battle": ...,
+               "chat": [...], "streaks": [[key, streak], ...],
+               "closed_streaks": [[key, streak], ...],
+               "dedup": {"capacity": ..., "current": [...], "previous": [...]},
+               "counter": ..., "events": ..., "duplicates": ..., "streaks_timed_out": ...}}
+
+``state`` holds every field of :class:`~meksd.model.state.RoomState` under its own
+name. The persistent maps are written as lists sorted by key (leaderboard rows by
+``user_id``; streaks as ``[[user_id, gift_id, group_id], streak]`` pairs; remembered
+msgIds as sorted strings), so equal states give equal bytes and
+``state_to_bytes(*state_from_bytes(b)) == b``.
+
+Times: streak ``last_at`` values are on whatever clock the caller used. The shell
+runs on trio's monotonic clock, which means nothing in another process, so it
+rebases them to unix seconds before writing and back after reading
+(:func:`rebase_clock`); exported files therefore carry wall-clock times.
+
+Reading is strict, like the configuration: wrong types, unknown or missing keys,
+another format or a newer version raise :class:`PersistError` with a message that
+says what and where (``expected int @ $.state.totals.diamonds``). Nothing else
+escapes :func:`state_from_bytes`, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Final, Literal, get_args, get_origin
+
+import attrs
+import cattrs
+import immutables
+from cattrs.errors import ForbiddenExtraKeysError, IterableValidationError, IterableValidationNote
+
+from meksd.core.dedup import new_dedup
+from meksd.model.events import GiftKey
+from meksd.model.state import Dedup, LeaderRow, RoomState, Streak
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "PersistError",
+    "new_session",
+    "rebase_clock",
+    "state_from_bytes",
+    "state_to_bytes",
+]
+
+FORMAT: Final = "meksd.room-state"
+"""The ``format`` tag of every document this module writes."""
+VERSION: Final = 1
+"""The version written; reading accepts versions up to this one."""
+
+
+class PersistError(ValueError):
+    """Bytes that are not a room state this version can read; the message says why."""
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def state_to_bytes(state: RoomState, seq: int) -> bytes:
+    """``state`` at ``seq`` in the versioned JSON format. Pure and deterministic.
+
+    Safe to call from a worker thread: the state is an immutable value.
+    """
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "seq": seq,
+        "state": _converter.unstructure(state, RoomState),
+    }
+    return json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def state_from_bytes(data: bytes) -> tuple[RoomState, int]:
+    """The state and seq that :func:`state_to_bytes` wrote. Raises only ``PersistError``."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PersistError(f"not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise PersistError("not a room state: nested too deeply") from None
+    if type(doc) is not dict:
+        raise PersistError("not a room state: expected a JSON object @ $")
+    if doc.get("format") != FORMAT:
+        raise PersistError(f"not a room state: format is not {FORMAT!r} @ $.format")
+    version = doc.get("version")
+    if type(version) is not int or not 1 <= version <= VERSION:
+        raise PersistError(
+            f"unsupported version {version!r} (this meksd reads 1..{VERSION}) @ $.version"
+        )
+    extra = doc.keys() - {"format", "version", "seq", "state"}
+    if extra:
+        raise PersistError(f"unknown key {sorted(extra)[0]!r} @ $")
+    seq = doc.get("seq")
+    if type(seq) is not int or seq < 0:
+        raise PersistError("expected non-negative int @ $.seq")
+    if "state" not in doc:
+        raise PersistError("required key missing @ $.state")
+    try:
+        state = _converter.structure(doc["state"], RoomState)
+    except Exception as exc:
+        lines = cattrs.transform_error(exc, path="$.state", format_exception=_format_exception)
+        raise PersistError("; ".join(lines)) from None
+    return state, seq
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def rebase_clock(state: RoomState, offset: float) -> RoomState:
+    """``state`` with every streak time moved by ``offset`` seconds (clock change)."""
+    if offset == 0:
+        return state
+
+    def shift(streaks: immutables.Map[GiftKey, Streak]) -> immutables.Map[GiftKey, Streak]:
+        with streaks.mutate() as m:
+            for key, streak in streaks.items():
+                m[key] = attrs.evolve(streak, last_at=streak.last_at + offset)
+            return m.finish()
+
+    return attrs.evolve(
+        state, streaks=shift(state.streaks), closed_streaks=shift(state.closed_streaks)
+    )
+
+
+def new_session(state: RoomState, epoch: str) -> RoomState:
+    """An empty room under ``epoch`` that remembers ``state``'s msgIds.
+
+    A reset starts counting from zero, but a feed that re-sends the last session's
+    events on connect must not count them into the new one: the msgId memory is kept.
+    """
+    return RoomState(
+        room_id=state.room_id,
+        epoch=epoch,
+        config=state.config,
+        dedup=state.dedup,
+    )
+
+
+# --------------------------------------------------------------------------- converter
+
+
+class _Invalid(ValueError):
+    """A structuring failure whose message is the whole description."""
+
+
+def _strict_int(obj: object, _: type) -> int:
+    if type(obj) is not int:
+        raise _Invalid("expected int")
+    return obj
+
+
+def _strict_float(obj: object, _: type) -> float:
+    if type(obj) is int:
+        return float(obj)
+    if type(obj) is not float or not math.isfinite(obj):
+        raise _Invalid("expected a finite float")
+    return obj
+
+
+def _strict_bool(obj: object, _: type) -> bool:
+    if type(obj) is not bool:
+        raise _Invalid("expected bool")
+    return obj
+
+
+def _strict_str(obj: object, _: type) -> str:
+    if type(obj) is not str:
+        raise _Invalid("expected string")
+    return obj
+
+
+def _is_tuple(t: Any) -> bool:
+    return get_origin(t) is tuple
+
+
+def _structure_tuple(obj: object, t: Any) -> tuple[Any, ...]:
+    """Arrays only (not strings, not objects); a fixed-size tuple needs its exact length."""
+    if type(obj) is not list:
+        raise _Invalid("expected array")
+    args = get_args(t)
+    if len(args) == 2 and args[1] is Ellipsis:
+        types = [args[0]] * len(obj)
+    elif len(obj) != len(args):
+        raise _Invalid(f"expected an array of {len(args)}")
+    else:
+        types = list(args)
+    items: list[Any] = []
+    errors: list[Exception] = []
+    for i, (value, elem) in enumerate(zip(obj, types, strict=True)):
+        try:
+            items.append(_converter.structure(value, elem))
+        except Exception as exc:
+            exc.add_note(IterableValidationNote(f"Structuring {t!r} @ index {i}", i, elem))
+            errors.append(exc)
+    if errors:
+        raise IterableValidationError(f"While structuring {t!r}", errors, t)
+    return tuple(items)
+
+
+def _leaderboard_out(board: immutables.Map[str, LeaderRow]) -> list[Any]:
+    return [_converter.unstructure(board[k], LeaderRow) for k in sorted(board)]
+
+
+def _leaderboard_in(obj: object, _: object) -> immutables.Map[str, LeaderRow]:
+    rows = _converter.structure(obj, tuple[LeaderRow, ...])
+    board = immutables.Map((row.user_id, row) for row in rows)
+    if len(board) != len(rows):
+        raise _Invalid("duplicate user_id")
+    return board
+
+
+_StreakPairs = tuple[tuple[tuple[str, str, str], Streak], ...]
+
+
+def _streaks_out(streaks: immutables.Map[GiftKey, Streak]) -> list[Any]:
+    return [[list(k), _converter.unstructure(streaks[k], Streak)] for k in sorted(streaks)]
+
+
+def _streaks_in(obj: object, _: object) -> immutables.Map[GiftKey, Streak]:
+    pairs = _converter.structure(obj, _StreakPairs)
+    streaks = immutables.Map(pairs)
+    if len(streaks) != len(pairs):
+        raise _Invalid("duplicate streak key")
+    return streaks
+
+
+def _ids_in(obj: object, name: str) -> immutables.Map[str, None]:
+    if type(obj) is not list:
+        raise _Invalid(f"expected array @ {name}")
+    for i, value in enumerate(obj):
+        if type(value) is not str:
+            raise _Invalid(f"expected string @ {name}[{i}]")
+    return immutables.Map(dict.fromkeys(obj))
+
+
+def _dedup_out(dedup: Dedup) -> dict[str, Any]:
+    return {
+        "capacity": dedup.capacity,
+        "current": sorted(dedup.current),
+        "previous": sorted(dedup.previous),
+    }
+
+
+def _dedup_in(obj: object, _: object) -> Dedup:
+    if type(obj) is not dict:
+        raise _Invalid("expected an object")
+    extra = obj.keys() - {"capacity", "current", "previous"}
+    if extra:
+        raise _Invalid(f"unknown key {sorted(extra)[0]!r}")
+    capacity = obj.get("capacity")
+    if type(capacity) is not int or capacity < 2:
+        raise _Invalid("expected int >= 2 @ capacity")
+    current = _ids_in(obj.get("current"), "current")
+    previous = _ids_in(obj.get("previous"), "previous")
+    return attrs.evolve(new_dedup(capacity), current=current, previous=previous)
+
+
+def _format_exception(exc: BaseException, type_: type | None) -> str:
+    if isinstance(exc, _Invalid):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return "required key missing"
+    if isinstance(exc, ForbiddenExtraKeysError):
+        keys = ", ".join(repr(k) for k in sorted(exc.extra_fields))
+        return f"unknown key {keys}"
+    if get_origin(type_) is Literal:
+        return "expected one of " + ", ".join(repr(v) for v in get_args(type_))
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook_func(_is_tuple, _structure_tuple)
+    conv.register_structure_hook(Dedup, _dedup_in)
+    conv.register_unstructure_hook(Dedup, _dedup_out)
+    board = immutables.Map[str, LeaderRow]
+    streaks = immutables.Map[GiftKey, Streak]
+    conv.register_structure_hook_func(lambda t: t == board, _leaderboard_in)
+    conv.register_unstructure_hook_func(lambda t: t == board, _leaderboard_out)
+    conv.register_structure_hook_func(lambda t: t == streaks, _streaks_in)
+    conv.register_unstructure_hook_func(lambda t: t == streaks, _streaks_out)
+    return conv
+
+
+_converter = _make_converter()
