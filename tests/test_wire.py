@@ -94,6 +94,8 @@ def test_snapshot_shape() -> None:
                     "nickname": "B",
                     "comment": "hello",
                     "wall_ms": 200,
+                    "pinned": False,
+                    "hidden": False,
                 }
             ],
             "chat_limit": 10,

@@ -225,7 +225,7 @@ class RoomState:
     """Events dropped because their msgId was already seen (cumulative)."""
     streaks_timed_out: int = 0
     """Streaks closed by ``expire`` for lack of an end event (cumulative)."""
-    commands: CommandMemory = CommandMemory()
+    commands: CommandMemory = attrs.field(factory=CommandMemory)
     """Results of recent operator command ids; carried across ``session.reset``."""
 
 
