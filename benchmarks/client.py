@@ -237,12 +237,26 @@ class Dashboard(asyncio.Protocol):
         if self.verified:
             self.on_tokens(TOKEN.findall(p), now)
             return
-        first = TOKEN.search(p)
-        last = TOKEN.search(p, p.rfind(MARK)) if n > 1 else first
-        if first is None or last is None:
+        if self.kind == "meksd":
+            if p[0] == 0x5B:  # "[": several deltas in one message: look closely
+                self.on_tokens(TOKEN.findall(p), now)
+                return
+            # A delta lists its gifts, then its chat: each in feed order, so the
+            # frame's lowest and highest seq are among the ends of the two lists.
+            found = [TOKEN.search(p), TOKEN.search(p, p.rfind(MARK))]
+            cut = p.find(b'"chat":[')
+            if cut > 0:
+                found.append(TOKEN.search(p, cut))
+                before = p.rfind(MARK, 0, cut)
+                if before >= 0:
+                    found.append(TOKEN.search(p, before))
+        else:
+            found = [TOKEN.search(p), TOKEN.search(p, p.rfind(MARK))]
+        seqs = [(int(m.group(2)), m) for m in found if m is not None]
+        if not seqs:
             return
-        s0 = int(first.group(2))
-        s1 = int(last.group(2))
+        s0, first = min(seqs, key=lambda sm: sm[0])
+        s1 = max(sm[0] for sm in seqs)
         if s0 != self.last_seq + 1 or s1 - s0 + 1 != n:
             self.on_tokens(TOKEN.findall(p), now)  # gap, repeat or reorder: look closely
             return
@@ -259,8 +273,8 @@ class Dashboard(asyncio.Protocol):
         last = self.last_seq
         ph = None
         ph_no = -1
-        for _room, seq_b, phase_b, ns_b in tokens:
-            seq = int(seq_b)
+        # Order by seq: meksd lists a delta's gifts before its chat.
+        for seq, phase_b, ns_b in sorted((int(t[1]), t[2], t[3]) for t in tokens):
             if seq <= last:
                 self.dups += 1
                 continue

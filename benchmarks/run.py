@@ -27,6 +27,8 @@ RESULTS = servers.ROOT / "benchmarks" / "results"
 OUT = servers.ROOT / "benchmarks" / "out"
 
 P1, BURST, CEILING0, P3, PROFILE = 1, 2, 10, 30, 40
+MEKSD_SRC: Path | None = None
+"""Where the meksd under test is imported from (None: this working tree)."""
 
 
 @attrs.frozen
@@ -63,9 +65,9 @@ FULL = Profile(
     burst_peak=2000,
     burst_every_s=10,
     burst_len_s=2,
-    levels=(500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 12000, 16000),
+    levels=(100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 12000, 16000),
     level_s=4,
-    drain_s=2,
+    drain_s=5,
     p3_rooms=25,
     p3_per_room=30,
     p3_rate=50,
@@ -83,9 +85,9 @@ QUICK = Profile(
     burst_peak=2000,
     burst_every_s=6,
     burst_len_s=2,
-    levels=(1000, 3000, 8000),
+    levels=(250, 1000, 3000),
     level_s=2,
-    drain_s=0.8,
+    drain_s=3,
     p3_rooms=25,
     p3_per_room=10,
     p3_rate=50,
@@ -94,9 +96,13 @@ QUICK = Profile(
 )
 
 
+_AVAILABLE_CPUS = sorted(os.sched_getaffinity(0))
+"""Read once, at import: the orchestrator later pins itself to the client's CPU."""
+
+
 def cpus() -> tuple[int | None, int | None]:
     """(server CPU, client CPU); no pinning on a single-CPU machine."""
-    avail = sorted(os.sched_getaffinity(0))
+    avail = _AVAILABLE_CPUS
     if len(avail) >= 2:
         return avail[0], avail[1]
     return None, None
@@ -140,8 +146,15 @@ class Client:
 
     @classmethod
     async def start(
-        cls, server: servers.Server, rooms: list[str], per_room: int, verify: int, *,
-        cpu: int | None, series: Path | None, msgpack: bool,
+        cls,
+        server: servers.Server,
+        rooms: list[str],
+        per_room: int,
+        verify: int,
+        *,
+        cpu: int | None,
+        series: Path | None,
+        msgpack: bool,
     ) -> Client:
         argv = [
             sys.executable, "-m", "benchmarks.client",
@@ -213,9 +226,7 @@ def histogram_max(before: dict[str, float], after: dict[str, float]) -> tuple[in
     return total, "+Inf"
 
 
-def summarize_phase(
-    played: dict[str, Any], client: dict[str, Any], phase: int
-) -> dict[str, Any]:
+def summarize_phase(played: dict[str, Any], client: dict[str, Any], phase: int) -> dict[str, Any]:
     c = client["phases"][str(phase)]
     return {
         "events_sent": played["sent"],
@@ -243,10 +254,19 @@ async def play_phase(
     played = (await feed.play(segments))[phase]
     server_cpu = smeter.stop()
     client_cpu = client.meter.stop()
-    await asyncio.sleep(drain_s)
+    # Wait for the stragglers: until every dashboard has every event, or drain_s.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + drain_s
+    while True:
+        await asyncio.sleep(0.25)
+        report = await client.ask("stats", {str(phase): played["spans"]})
+        c = report["phases"][str(phase)]
+        if c["lost"] + c["lost_disconnected"] == 0 or loop.time() >= deadline:
+            break
     after = await asyncio.to_thread(scrape, server)
-    report = await client.ask("stats", {str(phase): played["spans"]})
     out = summarize_phase(played, report, phase)
+    out["feed_disconnects"] = feed.disconnects
+    out["feed_stalls"] = feed.stalls
     out["server_cpu_pct"] = server_cpu
     out["client_cpu_pct"] = client_cpu
     out["deliveries_per_s"] = out["deliveries"] / max(played["seconds"], 1e-9)
@@ -276,15 +296,18 @@ def passes(r: dict[str, Any], level: float) -> bool:
     )
 
 
-async def single_room_session(
-    kind: str, prof: Profile, out: Path, log: Any
-) -> dict[str, Any]:
+async def single_room_session(kind: str, prof: Profile, out: Path, log: Any) -> dict[str, Any]:
     """One server process, one client: point 1, the burst run, then the ceiling."""
     server_cpu, client_cpu = cpus()
     feed = feedmod.FeedServer()
     await feed.start()
     server = await servers.start(
-        kind, feed_urls=[feed.url(0)], rooms=["bench0"], out=out / kind, cpu=server_cpu
+        kind,
+        feed_urls=[feed.url(0)],
+        rooms=["bench0"],
+        out=out / kind,
+        cpu=server_cpu,
+        meksd_src=MEKSD_SRC,
     )
     result: dict[str, Any] = {"server": kind}
     client = None
@@ -351,7 +374,7 @@ async def multi_room_session(prof: Profile, out: Path, log: Any) -> dict[str, An
     rooms = [f"room{i:02d}" for i in range(prof.p3_rooms)]
     server = await servers.start(
         "meksd", feed_urls=[feed.url(i) for i in range(len(rooms))], rooms=rooms,
-        out=out / "meksd-rooms", cpu=server_cpu,
+        out=out / "meksd-rooms", cpu=server_cpu, meksd_src=MEKSD_SRC,
     )  # fmt: skip
     client = None
     try:
@@ -387,7 +410,7 @@ async def profile_session(prof: Profile, out: Path, log: Any) -> dict[str, Any]:
     await feed.start()
     server = await servers.start(
         "meksd", feed_urls=[feed.url(0)], rooms=["bench0"], out=out / "meksd-profile",
-        cpu=server_cpu,
+        cpu=server_cpu, meksd_src=MEKSD_SRC,
     )  # fmt: skip
     client = None
     raw = out / "meksd-profile" / "pyspy.txt"
@@ -488,15 +511,28 @@ async def run(prof: Profile, only: list[str] | None, log: Any) -> dict[str, Any]
         "servers": {},
     }
     t0 = time.monotonic()
+    partial = RESULTS / f"{prof.name}.partial.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    async def guarded(what: str, session: Any) -> dict[str, Any]:
+        # One session's failure (a peer that crashed under load) is reported, not fatal.
+        try:
+            r: dict[str, Any] = await session
+        except Exception as exc:
+            log(f"  {what} failed: {exc!r}")
+            r = {"error": repr(exc)}
+        partial.write_text(json.dumps(results, indent=1, default=str))
+        return r
+
     for kind in kinds:
         log(f"[{time.monotonic() - t0:5.0f}s] {kind}")
-        results["servers"][kind] = await single_room_session(kind, prof, out, log)
+        results["servers"][kind] = await guarded(kind, single_room_session(kind, prof, out, log))
     if only is None or "rooms" in only:
         log(f"[{time.monotonic() - t0:5.0f}s] point 3")
-        results["rooms"] = await multi_room_session(prof, out, log)
+        results["rooms"] = await guarded("point 3", multi_room_session(prof, out, log))
     if prof.profile_s > 0 and (only is None or "profile" in only):
         log(f"[{time.monotonic() - t0:5.0f}s] profile")
-        results["profile_run"] = await profile_session(prof, out, log)
+        results["profile_run"] = await guarded("profile", profile_session(prof, out, log))
     results["elapsed_s"] = time.monotonic() - t0
     return results
 
@@ -510,8 +546,15 @@ def machine() -> dict[str, Any]:
 
     return {
         "cpus": os.cpu_count(),
-        "affinity": sorted(os.sched_getaffinity(0)),
+        "cpus_used": _AVAILABLE_CPUS,
         "python": sys.version.split()[0],
         "node": version(["node", "--version"]),
+        "meksd_src": str(MEKSD_SRC or servers.ROOT),
+        "git_head": version(["git", "-C", str(servers.ROOT), "rev-parse", "--short", "HEAD"]),
+        "meksd_tree_dirty": bool(
+            version(["git", "-C", str(servers.ROOT), "status", "--porcelain", "meksd"])
+        )
+        if MEKSD_SRC is None
+        else None,
         "load_avg_at_start": os.getloadavg(),
     }

@@ -40,7 +40,7 @@ def node_available() -> str | None:
     return None
 
 
-def pin(cpu: int | None):  # noqa: ANN201 - a preexec_fn
+def pin(cpu: int | None):
     if cpu is None:
         return None
 
@@ -107,6 +107,7 @@ async def start(
     out: Path,
     cpu: int | None,
     wrap: list[str] | None = None,
+    meksd_src: Path | None = None,
 ) -> Server:
     """Start a server of ``kind`` reading ``feed_urls`` (one per room)."""
     ws_port = free_port()
@@ -134,13 +135,18 @@ async def start(
         raise ValueError(kind)
     if wrap:
         argv = [*wrap, *argv]
+    cwd, env = ROOT, None
+    if kind == "meksd" and meksd_src is not None:
+        # Another copy of meksd (e.g. `git archive HEAD meksd | tar -x -C DIR`).
+        cwd, env = meksd_src, {**os.environ, "PYTHONPATH": str(meksd_src)}
     with log.open("wb") as f:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdout=f,
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
-            cwd=ROOT,
+            cwd=cwd,
+            env=env,
             preexec_fn=pin(cpu),
         )
     server = Server(kind, proc, ws_port, path, client_kind, admin_port, log)
