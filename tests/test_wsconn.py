@@ -1,0 +1,170 @@
+"""The dashboard connection layer over wsproto: frames, buffering, stalls, closing."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+
+from meksd.runtime.wsconn import ConnectionGone, WsConnection, text_frame
+
+
+OPEN: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def close_sockets() -> Iterator[None]:
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
+class Client:
+    """A wsproto client over one end of a socketpair, driven by the test."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        OPEN.append(sock)
+        sock.setblocking(False)
+        self.sock = sock
+        self.ws = WSConnection(ConnectionType.CLIENT)
+
+    def send(self, event: object) -> None:
+        self.sock.sendall(self.ws.send(event))  # type: ignore[arg-type]
+
+    async def events(self, n: int) -> list[object]:
+        out: list[object] = []
+        while len(out) < n:
+            out.extend(self.ws.events())
+            if len(out) >= n:
+                break
+            await trio.lowlevel.wait_readable(self.sock)
+            self.ws.receive_data(self.sock.recv(1 << 20) or None)
+        return out
+
+
+async def connected(**kwargs: float) -> tuple[WsConnection, Client]:
+    a, b = socket.socketpair()
+    OPEN.append(a)
+    server = WsConnection(
+        a,
+        max_message_bytes=int(kwargs.get("max_message_bytes", 1000)),
+        send_timeout_s=kwargs.get("send_timeout_s", 2.0),
+    )
+    client = Client(b)
+    client.send(Request(host="localhost", target="/ws"))
+    request = await server.read_request()
+    assert request.target == "/ws"
+    server.accept_nowait()
+    (accepted,) = await client.events(1)
+    assert isinstance(accepted, AcceptConnection)
+    return server, client
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
+async def test_prebuilt_text_frames_parse_as_messages(size: int) -> None:
+    """text_frame builds frames a WebSocket client parses, at every length encoding."""
+    with trio.fail_after(10):
+        server, client = await connected()
+        payload = b"x" * size
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.run_writer)
+            server.send_frame_nowait(text_frame(payload))
+            got, finished = "", False
+            while not finished:
+                for msg in await client.events(1):
+                    assert isinstance(msg, TextMessage)
+                    got += msg.data
+                    finished = msg.message_finished
+            assert got == payload.decode()
+            nursery.cancel_scope.cancel()
+        server.kill("test over")
+
+
+async def test_frames_queue_in_order_behind_a_congested_socket() -> None:
+    """What the kernel refuses waits in ``out``; later frames queue behind it, in order."""
+    with trio.fail_after(10):
+        server, client = await connected(send_timeout_s=5)
+        big = b"y" * 3_000_000
+        server.send_frame_nowait(text_frame(big))
+        assert server.congested
+        server.send_frame_nowait(text_frame(b'"after"'))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.run_writer)
+            texts: list[str] = []
+            buf = ""
+            while len(texts) < 2:
+                for msg in await client.events(1):
+                    assert isinstance(msg, TextMessage)
+                    buf += msg.data
+                    if msg.message_finished:
+                        texts.append(buf)
+                        buf = ""
+            assert texts == [big.decode(), '"after"']
+            await server.wait_drained()
+            assert not server.congested
+            nursery.cancel_scope.cancel()
+        server.kill("test over")
+
+
+async def test_a_peer_that_stops_reading_is_killed_after_send_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A drain that makes no progress for send_timeout_s kills the connection and frees its buffer."""
+    server, client = await connected(send_timeout_s=3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run_writer)
+        for _ in range(50):
+            server.send_frame_nowait(text_frame(b"z" * 200_000))
+        assert server.congested
+        await trio.sleep(10)
+        assert server.dead and "3" in (server.death or "")
+        assert not server.out
+        nursery.cancel_scope.cancel()
+
+
+async def test_fragments_pings_and_size_limit() -> None:
+    """Fragmented messages are joined, pings answered, and an oversized message closes with 1009."""
+    with trio.fail_after(10):
+        server, client = await connected(max_message_bytes=10)
+        client.send(TextMessage(data="ab", message_finished=False))
+        client.send(TextMessage(data="cd", message_finished=True))
+        assert await server.next_message() == "abcd"
+        client.send(Ping(payload=b"hi"))
+        client.send(BytesMessage(data=b"\x01\x02"))
+        assert await server.next_message() == b"\x01\x02"
+        (pong,) = await client.events(1)
+        assert isinstance(pong, Pong) and pong.payload == b"hi"
+        client.send(TextMessage(data="x" * 11))
+        with pytest.raises(ConnectionGone):
+            await server.next_message()
+        (close,) = await client.events(1)
+        assert isinstance(close, CloseConnection) and close.code == 1009
+        server.kill("test over")
+
+
+async def test_graceful_close_handshake() -> None:
+    """aclose sends a close frame after queued data and ends when the peer answers."""
+    with trio.fail_after(10):
+        server, client = await connected()
+        server.send_text_nowait(b'"last"')
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.run_writer)
+            nursery.start_soon(server.aclose, 1001, "bye")
+            msg, close = await client.events(2)
+            assert isinstance(msg, TextMessage) and msg.data == '"last"'
+            assert isinstance(close, CloseConnection) and close.code == 1001
+            client.send(close.response())
+        assert server.dead
