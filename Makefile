@@ -27,7 +27,14 @@ fmt: $(STAMP)
 	$(BIN)/ruff format meksd tests
 	$(BIN)/ruff check --fix meksd tests
 
+# `make bench` (< 15 min) or `make bench ARGS=--quick` (< 2 min); see BENCHMARKS.md.
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then \
+		cd benchmarks/peers && (npm ci --silent --no-audit --no-fund || npm install --silent --no-audit --no-fund); \
+	else \
+		echo "bench: node/npm not found: the Node ws peers will be skipped"; \
+	fi
 	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:

@@ -6,13 +6,19 @@ meksd run [--config FILE] [--log-level LEVEL]    serve (embedded default config 
 meksd check-config FILE                          validate a config file
 meksd replay FILE.jsonl [--room ID] [--json] [--streak-timeout S] [--top N]
 meksd logs [FILE] [--room ROOM] [--level LEVEL] [-f]
+meksd simulate --port P [--host H] [--rate R ...]  serve a synthetic feed (meksd.simulate)
+meksd state list|export|import|reset ...         the store of room states (meksd.statecli)
+meksd token new [--role ROLE] [--rooms ID,ID]    a dashboard token and its [[auth.tokens]] lines
+meksd token hash < TOKEN                         the SHA-256 of a token (meksd.tokencmd)
 meksd --version
 ```
 
 Exit codes (sysexits.h): 0 success; 64 ``EX_USAGE`` bad command line; 66
-``EX_NOINPUT`` an input file cannot be read; 78 ``EX_CONFIG`` invalid configuration;
-130 interrupted by Ctrl-C before meksd took over signals. ``meksd run`` handles
-SIGINT and SIGTERM itself, shuts down gracefully and exits 0.
+``EX_NOINPUT`` an input file cannot be read; 65 ``EX_DATAERR`` an input file is
+invalid; 74 ``EX_IOERR`` the state store cannot be used; 75 ``EX_TEMPFAIL`` another
+meksd holds the state store; 78 ``EX_CONFIG`` invalid configuration; 130 interrupted
+by Ctrl-C before meksd took over signals. ``meksd run`` handles SIGINT and SIGTERM
+itself, shuts down gracefully and exits 0.
 """
 
 from __future__ import annotations
@@ -28,12 +34,23 @@ import orjson
 
 from meksd import __version__
 from meksd.config import LOG_LEVELS, default_config, load_config
-from meksd.errors import ConfigError, InputError, MeksdError, UsageError
+from meksd.errors import (
+    ConfigError,
+    DataError,
+    InputError,
+    MeksdError,
+    StoreBusyError,
+    StoreError,
+    UsageError,
+)
 
 __all__ = ["EX_CONFIG", "EX_NOINPUT", "EX_USAGE", "main"]
 
 EX_USAGE = 64
+EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_IOERR = 74
+EX_TEMPFAIL = 75
 EX_CONFIG = 78
 EX_INTERRUPTED = 130
 
@@ -112,6 +129,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     logview.add_arguments(logs)
     logs.set_defaults(handler=logview.run)
+
+    sim = commands.add_parser(
+        "simulate",
+        help="serve a synthetic feed over WebSocket (/feed) and http-poll (/poll)",
+        description="Serve a simulated live room for meksd's websocket and http-poll "
+        "sources, on one port. See docs/sources.md.",
+    )
+    from meksd import simulate
+
+    simulate.add_arguments(sim)
+
+    state = commands.add_parser(
+        "state",
+        help="list, export, import or reset the stored room states",
+        description="Work on the store of room states (stop the daemon before import "
+        "or reset). See docs/storage.md.",
+    )
+    from meksd import statecli
+
+    statecli.add_arguments(state)
+
+    token = commands.add_parser("token", help="create dashboard tokens ([auth] stores hashes)")
+    from meksd import tokencmd
+
+    tokencmd.add_arguments(token)
     return parser
 
 
@@ -123,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
         if handler is None:
             parser.print_usage(sys.stderr)
-            raise UsageError("a command is required (run, check-config, replay, logs)")
+            raise UsageError("a command is required (run, check-config, replay, logs, state)")
         return handler(args)
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
@@ -139,6 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"meksd: {exc}", file=sys.stderr)
         return EX_NOINPUT
+    except DataError as exc:
+        print(f"meksd: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    except StoreError as exc:
+        print(f"meksd: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL if isinstance(exc, StoreBusyError) else EX_IOERR
     except MeksdError as exc:  # pragma: no cover - every subclass is mapped above
         print(f"meksd: {exc}", file=sys.stderr)
         return 1
@@ -153,8 +201,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or config.log.level)
     from meksd.runtime.app import serve
 
-    trio.run(partial(serve, config, config_path=args.config, log_level=args.log_level))
+    try:
+        trio.run(partial(serve, config, config_path=args.config, log_level=args.log_level))
+    except BaseExceptionGroup as group:
+        # A store held by another meksd stops the start; the nurseries wrap it.
+        busy, _ = group.split(StoreBusyError)
+        if busy is None:
+            raise
+        raise _leaves(busy)[0] from None
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[StoreBusyError]) -> list[StoreBusyError]:
+    out: list[StoreBusyError] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

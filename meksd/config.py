@@ -41,18 +41,22 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
+from meksd.access_config import AuthConfig, check_auth
 from meksd.errors import ConfigError
 from meksd.model.state import RoomConfig
 
 __all__ = [
     "LOG_LEVELS",
+    "AuthConfig",
     "Config",
+    "HttpPollSourceConfig",
     "LogConfig",
     "ReplaySourceConfig",
     "RoomSettings",
     "ServerConfig",
     "SimulatorSourceConfig",
     "SourceConfig",
+    "StorageConfig",
     "WebsocketSourceConfig",
     "default_config",
     "load_config",
@@ -93,6 +97,18 @@ class ServerConfig:
     """Dashboard connections accepted at once, over all rooms."""
     shutdown_grace_s: float = 5.0
     """On SIGTERM, how long dashboards and sources get to close before cancellation."""
+    handshake_timeout_s: float = 10.0
+    """A connection must complete its WebSocket handshake within this."""
+    max_connections_per_address: int = 256
+    """Connections (open or handshaking) from one client IP address at once."""
+    max_room_dashboards: int = 1000
+    """Subscriptions to one room at once, over all connections."""
+    max_subscriptions: int = 32
+    """Rooms one connection may subscribe to at once."""
+    max_messages_per_s: float = 20.0
+    """Messages (commands, subscribes, pings...) a dashboard may send per second..."""
+    message_burst: int = 60
+    """...in bursts of up to this many; beyond, ``rate_limited``; well beyond, 1008."""
 
     @property
     def ws_address(self) -> tuple[str, int]:
@@ -112,6 +128,21 @@ class LogConfig:
     level: str = "INFO"
     """Minimum level: TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR or CRITICAL.
     Accepted in any case; stored upper-case after loading."""
+
+
+@attrs.frozen
+class StorageConfig:
+    """``[storage]``: the SQLite store of room states, for restarts (docs/storage.md)."""
+
+    enabled: bool = True
+    """Write room states and restore them at start; false runs without a store."""
+    path: str | None = None
+    """The store file; relative paths resolve against the config file's directory.
+    Unset: ``$STATE_DIRECTORY/meksd.sqlite3`` under systemd, else
+    ``$XDG_STATE_HOME/meksd/meksd.sqlite3`` or ``~/.local/state/meksd/meksd.sqlite3``
+    (resolved when meksd starts, see ``meksd.runtime.store.store_path``)."""
+    flush_ms: int = 250
+    """Every room whose state changed is written this often (the crash-loss bound)."""
 
 
 @attrs.frozen
@@ -179,11 +210,39 @@ class SimulatorSourceConfig:
     """Random seed for a reproducible feed; unset for a different feed each run."""
 
 
-SourceConfig: TypeAlias = WebsocketSourceConfig | ReplaySourceConfig | SimulatorSourceConfig
+@attrs.frozen
+class HttpPollSourceConfig:
+    """A ``kind = "http-poll"`` source: a feed polled over HTTP with a cursor."""
+
+    kind: Literal["http-poll"]
+    url: str
+    """``http://`` or ``https://`` URL; polled as ``GET url?cursor=<cursor>``."""
+    poll_ms: int = 1000
+    """Interval between polls when a response does not say (``poll_ms`` in it)."""
+    min_poll_ms: int = 100
+    """Floor of the interval a response may ask for."""
+    max_poll_ms: int = 30_000
+    """Ceiling of the interval a response may ask for."""
+    timeout_s: float = 10.0
+    """Every request (connect, send, wait, read the whole body) must finish within this."""
+    backoff_initial_s: float = 0.5
+    """Upper bound of the first retry delay after a failed poll (full jitter)."""
+    backoff_max_s: float = 30.0
+    """The bound doubles per failed poll up to this; reset by a good response."""
+    retry_after_max_s: float = 300.0
+    """A ``Retry-After`` longer than this is cut to this."""
+    max_response_bytes: int = 8_388_608
+    """A larger response body is a failed poll."""
+
+
+SourceConfig: TypeAlias = (
+    WebsocketSourceConfig | HttpPollSourceConfig | ReplaySourceConfig | SimulatorSourceConfig
+)
 """One ``[[rooms.sources]]`` table, told apart by its ``kind`` key."""
 
 _SOURCE_KINDS: dict[str, type[SourceConfig]] = {
     "websocket": WebsocketSourceConfig,
+    "http-poll": HttpPollSourceConfig,
     "replay": ReplaySourceConfig,
     "simulator": SimulatorSourceConfig,
 }
@@ -206,10 +265,22 @@ class RoomSettings:
     when full, the source waits (backpressure)."""
     max_record_bytes: int = 65_536
     """A larger raw record is rejected as ``too_large``."""
+    max_record_depth: int = 32
+    """A record with arrays/objects nested deeper is rejected as ``too_deep``."""
     battle_supporters: int = 5
     """Top supporters kept per battle host."""
     closed_streak_memory: int = 4096
     """Timeout-closed streaks remembered to reconcile a late end event."""
+    stall_s: float = 20.0
+    """A live room whose active source delivered nothing for this long is stalled: it
+    fails over to the next source (or reconnects the last one); also the readiness
+    window. See ``docs/sources.md``."""
+    failover_after: int = 2
+    """Consecutive failures (no record in between) of the active source that make the
+    room fail over to the next source."""
+    ended_backoff_s: float = 60.0
+    """Once the stream ended, sources wait between ``ended_backoff_s / 2`` and this
+    before each reconnect or poll, instead of their usual pace."""
     sources: tuple[SourceConfig, ...] = ()
     """The room's feeds, in failover order; at least one."""
 
@@ -219,7 +290,10 @@ class Config:
     """The whole configuration file."""
 
     server: ServerConfig = ServerConfig()
+    auth: AuthConfig = attrs.field(factory=AuthConfig)
+    """``[auth]``: dashboard tokens and allowed origins (:mod:`meksd.access_config`)."""
     log: LogConfig = LogConfig()
+    storage: StorageConfig = StorageConfig()
     rooms: tuple[RoomSettings, ...] = ()
     """At least one room."""
 
@@ -463,6 +537,12 @@ _SERVER_RULES: _Rules = {
     "max_message_bytes": ("gt", 0),
     "max_connections": ("gt", 0),
     "shutdown_grace_s": ("ge", 0),
+    "handshake_timeout_s": ("gt", 0),
+    "max_connections_per_address": ("gt", 0),
+    "max_room_dashboards": ("gt", 0),
+    "max_subscriptions": ("gt", 0),
+    "max_messages_per_s": ("gt", 0),
+    "message_burst": ("ge", 1),
 }
 _ROOM_RULES: _Rules = {
     "streak_timeout_s": ("gt", 0),
@@ -470,8 +550,22 @@ _ROOM_RULES: _Rules = {
     "dedup_window": ("ge", 2),
     "ingest_queue": ("gt", 0),
     "max_record_bytes": ("gt", 0),
+    "max_record_depth": ("ge", 2),
     "battle_supporters": ("ge", 0),
     "closed_streak_memory": ("ge", 0),
+    "stall_s": ("gt", 0),
+    "failover_after": ("ge", 1),
+    "ended_backoff_s": ("gt", 0),
+}
+_HTTP_POLL_RULES: _Rules = {
+    "poll_ms": ("ge", 0),
+    "min_poll_ms": ("ge", 0),
+    "max_poll_ms": ("gt", 0),
+    "timeout_s": ("gt", 0),
+    "backoff_initial_s": ("gt", 0),
+    "backoff_max_s": ("gt", 0),
+    "retry_after_max_s": ("ge", 0),
+    "max_response_bytes": ("gt", 0),
 }
 _WEBSOCKET_RULES: _Rules = {
     "connect_timeout_s": ("gt", 0),
@@ -522,7 +616,28 @@ def _validate(config: Config, base_dir: Path) -> tuple[Config, list[str]]:
             for j, src in enumerate(room.sources)
         )
         rooms.append(attrs.evolve(room, sources=sources))
-    return attrs.evolve(config, log=log, rooms=tuple(rooms)), checks.problems
+    storage = _check_storage(config.storage, base_dir, checks)
+    auth, auth_problems = check_auth(config.auth, ws_host=_listen_host(config), room_ids=seen)
+    checks.problems.extend(auth_problems)
+    config = attrs.evolve(config, log=log, auth=auth, storage=storage, rooms=tuple(rooms))
+    return config, checks.problems
+
+
+def _check_storage(storage: StorageConfig, base_dir: Path, checks: _Checks) -> StorageConfig:
+    checks.gt(storage.flush_ms, 0, "$.storage.flush_ms")
+    if storage.path is None:
+        return storage
+    if not storage.path.strip():
+        checks.fail("must not be empty (to run without a store: enabled = false)", "$.storage.path")
+        return storage
+    return attrs.evolve(storage, path=str((base_dir / Path(storage.path).expanduser()).resolve()))
+
+
+def _listen_host(config: Config) -> str | None:
+    try:
+        return parse_listen(config.server.ws_listen)[0]
+    except ValueError:
+        return None
 
 
 def _check_server(server: ServerConfig, checks: _Checks) -> None:
@@ -548,6 +663,16 @@ def _check_source(src: SourceConfig, path: str, base_dir: Path, checks: _Checks)
         if problem:
             checks.fail(problem, f"{path}.url")
         return src
+    if isinstance(src, HttpPollSourceConfig):
+        checks.fields(src, path, _HTTP_POLL_RULES)
+        checks.ge(
+            src.backoff_max_s, src.backoff_initial_s, f"{path}.backoff_max_s", "backoff_initial_s"
+        )
+        checks.ge(src.max_poll_ms, src.min_poll_ms, f"{path}.max_poll_ms", "min_poll_ms")
+        problem = _url_problem(src.url, schemes=("http", "https"))
+        if problem:
+            checks.fail(problem, f"{path}.url")
+        return src
     if isinstance(src, ReplaySourceConfig):
         checks.fields(src, path, _REPLAY_RULES)
         resolved = (base_dir / Path(src.path).expanduser()).resolve()
@@ -563,14 +688,14 @@ def _check_source(src: SourceConfig, path: str, base_dir: Path, checks: _Checks)
     return src
 
 
-def _url_problem(url: str) -> str | None:
+def _url_problem(url: str, schemes: tuple[str, str] = ("ws", "wss")) -> str | None:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
         return f"invalid URL {url!r}: {exc}"
-    if parts.scheme not in ("ws", "wss"):
-        return f"must be a ws:// or wss:// URL, got {url!r}"
+    if parts.scheme not in schemes:
+        return f"must be a {schemes[0]}:// or {schemes[1]}:// URL, got {url!r}"
     if not parts.hostname:
         return f"URL has no host: {url!r}"
     return None

@@ -4,7 +4,10 @@
 MeksdError                  base of everything below; never raised itself
 ├── ConfigError             the configuration is unreadable or invalid
 ├── UsageError              the command line is wrong
-└── InputError              an input file named on the command line cannot be read
+├── InputError              an input file named on the command line cannot be read
+├── DataError               an input file was read but does not hold what it must
+└── StoreError              the state store cannot be used for what was asked
+    └── StoreBusyError      another meksd process holds the store
 ```
 
 Bad *feed* input is not an exception: the normalizer returns ``Rejected`` values and
@@ -16,7 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["ConfigError", "InputError", "MeksdError", "UsageError"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "InputError",
+    "MeksdError",
+    "StoreBusyError",
+    "StoreError",
+    "UsageError",
+]
 
 
 class MeksdError(Exception):
@@ -51,3 +62,17 @@ class UsageError(MeksdError):
 
 class InputError(MeksdError):
     """An input file named on the command line (e.g. a replay feed) cannot be read."""
+
+
+class DataError(MeksdError):
+    """An input file named on the command line was read but is not valid (e.g. a
+    state file for ``meksd state import`` that does not decode)."""
+
+
+class StoreError(MeksdError):
+    """The state store cannot do what was asked: it cannot be opened, is damaged, or
+    holds no state for the room named."""
+
+
+class StoreBusyError(StoreError):
+    """Another meksd process holds the store's lock (stop it first)."""

@@ -26,6 +26,8 @@ from meksd.model.events import (
     MemberJoined,
     SocialAction,
     StreamEnded,
+    StreamPaused,
+    StreamResumed,
     Supporter,
     User,
     ViewerCount,
@@ -342,6 +344,8 @@ events: st.SearchStrategy[Event] = st.one_of(
     ),
     battle_events,
     st.builds(StreamEnded, msg_id=st.none(), received_at=st.just(0.0), wall_ms=st.just(0)),
+    st.builds(StreamPaused, msg_id=st.none(), received_at=st.just(0.0), wall_ms=st.just(0)),
+    st.builds(StreamResumed, msg_id=st.none(), received_at=st.just(0.0), wall_ms=st.just(0)),
 )
 """Any model event; times are stamped by :func:`room_scripts`."""
 

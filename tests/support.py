@@ -133,7 +133,11 @@ async def serve_feed(
 
 @asynccontextmanager
 async def open_dashboard(
-    url: str, *, rcvbuf: int | None = None
+    url: str,
+    *,
+    rcvbuf: int | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    subprotocols: list[str] | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """A client WebSocket whose TCP stream we own and always close.
 
@@ -142,6 +146,7 @@ async def open_dashboard(
     """
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if rcvbuf is None:
         stream = await trio.open_tcp_stream(parts.hostname, parts.port)
     else:  # a small receive window: the server's sends block soon when we stop reading
@@ -152,7 +157,12 @@ async def open_dashboard(
     try:
         async with trio.open_nursery() as nursery:
             ws = await wrap_client_stream(
-                nursery, stream, f"{parts.hostname}:{parts.port}", parts.path or "/"
+                nursery,
+                stream,
+                f"{parts.hostname}:{parts.port}",
+                resource,
+                extra_headers=headers,
+                subprotocols=subprotocols,
             )
             try:
                 yield ws

@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import WebSocketRequest, open_websocket_url, serve_websocket
 
 import meksd.runtime.admin as admin_module
-import meksd.runtime.health as health
 from meksd.config import parse_config
 from meksd.runtime.admin import AdminServer
 from meksd.runtime.app import App
@@ -173,7 +172,6 @@ async def test_readyz_follows_the_silent_feed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/readyz is 503 while a feed delivers nothing, 200 once it delivers or its stream ended."""
-    monkeypatch.setattr(health, "STALL_S", 1.0)
 
     async def readyz(s: Setup) -> tuple[int, dict[str, dict[str, Any]]]:
         r = await s.client.get("/readyz")
@@ -190,6 +188,7 @@ async def test_readyz_follows_the_silent_feed(
 
     with trio.fail_after(20):
         async with running(tmp_path) as s:
+            monkeypatch.setattr(s.admin, "stall_s", 1.0)  # the readiness window only
             await s.replay_done()
             status, rooms = await readyz(s)
             assert status == 503

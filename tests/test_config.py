@@ -279,7 +279,7 @@ def test_unknown_source_kind() -> None:
     """An unknown `kind` names the valid kinds and the path of `kind`."""
     text = MINIMAL_ROOM + '[[rooms.sources]]\nkind = "http"\n'
     assert errors_of(text) == [
-        "unknown source kind 'http' (expected websocket, replay, simulator)"
+        "unknown source kind 'http' (expected websocket, http-poll, replay, simulator)"
         " @ $.rooms[0].sources[1].kind"
     ]
 

@@ -16,6 +16,8 @@ Modules, each about one thing:
 ``delta``      conflating two deltas into one
 ``wire``       JSON-ready snapshot/delta messages and the reference ``apply_delta``
 ``protocol``   dashboard (client) messages from decoded JSON
+``access``     tokens, grants, origins: the verdict on a dashboard's handshake
+``limits``     the per-connection message rate (token bucket with strikes)
 
 Import from the modules (``from meksd.core.reduce import reduce``); this package
 re-exports nothing, so that ``meksd.core.reduce`` always names the module.

@@ -57,9 +57,7 @@ def _merge_rows(
     return tuple(rows.values())
 
 
-def _merge_chat(
-    older: Delta, newer: Delta
-) -> tuple[tuple[ChatItem, ...], tuple[ChatUpdate, ...]]:
+def _merge_chat(older: Delta, newer: Delta) -> tuple[tuple[ChatItem, ...], tuple[ChatUpdate, ...]]:
     if not newer.chat_updates:
         return older.chat + newer.chat, older.chat_updates
     flags = {u.msg_id: u for u in newer.chat_updates}

@@ -14,6 +14,8 @@ Rejection reasons (stable, metric-label safe):
     the payload is longer than ``max_bytes``.
 ``not_json``
     not UTF-8, not JSON, or nested deeper than the parser's recursion limit.
+``too_deep``
+    valid JSON nested deeper than ``max_depth`` (arrays and objects).
 ``bad_envelope``
     not an object ``{"event": str, "data": object}`` (or an array of them).
 ``missing_field``
@@ -31,7 +33,7 @@ Rejection reasons (stable, metric-label safe):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final, Literal
 
 from meksd.model.events import (
@@ -47,6 +49,8 @@ from meksd.model.events import (
     Rejected,
     SocialAction,
     StreamEnded,
+    StreamPaused,
+    StreamResumed,
     Supporter,
     Unknown,
     User,
@@ -56,6 +60,7 @@ from meksd.model.raw import RawRecord
 
 __all__ = [
     "MAX_COUNT",
+    "MAX_DEPTH",
     "MAX_ID_LENGTH",
     "MAX_SCORE",
     "REASONS",
@@ -66,6 +71,7 @@ REASONS: Final = frozenset(
     {
         "too_large",
         "not_json",
+        "too_deep",
         "bad_envelope",
         "missing_field",
         "wrong_type",
@@ -97,6 +103,11 @@ MAX_COMMENT_LENGTH: Final = 2048
 
 MAX_EVENT_TYPE_LENGTH: Final = 64
 """Event type names are cut to this length in ``Unknown``/``Rejected`` (metric labels)."""
+
+MAX_DEPTH: Final = 32
+"""Default nesting limit of a record (``max_record_depth``): arrays and objects inside
+each other. The deepest valid record, an array of ``linkMicArmies`` envelopes with
+nested users, is 8 deep."""
 
 _MAX_INT_DIGITS: Final = 40
 
@@ -149,23 +160,26 @@ class _Ignore(Exception):
         self.event_type = event_type
 
 
-def normalize(raw: RawRecord, *, max_bytes: int = 65536) -> list[Normalized]:
+def normalize(
+    raw: RawRecord, *, max_bytes: int = 65536, max_depth: int = MAX_DEPTH
+) -> list[Normalized]:
     """Parse and validate one feed record; never raises.
 
     The payload holds one envelope ``{"event": "<type>", "data": {...}}`` or a JSON
     array of them; the result has one entry per envelope (an empty array gives an
     empty list). A payload that cannot be split into envelopes (too large, not JSON,
-    neither an object nor an array) gives a single ``Rejected``.
+    nested deeper than ``max_depth``, neither an object nor an array) gives a
+    single ``Rejected``.
 
     Every event is stamped with the record's ``received_at`` and ``wall_ms``.
     """
     try:
-        return _normalize(raw, max_bytes)
+        return _normalize(raw, max_bytes, max_depth)
     except Exception as exc:  # pragma: no cover - the contract's safety net
         return [Rejected("normalizer_error", f"normalizer bug: {type(exc).__name__}")]
 
 
-def _normalize(raw: RawRecord, max_bytes: int) -> list[Normalized]:
+def _normalize(raw: RawRecord, max_bytes: int, max_depth: int) -> list[Normalized]:
     payload = raw.payload
     if isinstance(payload, str):
         size = len(payload)
@@ -187,6 +201,8 @@ def _normalize(raw: RawRecord, max_bytes: int) -> list[Normalized]:
         return [Rejected("not_json", "payload is nested too deeply")]
     except ValueError as exc:
         return [Rejected("not_json", _json_error_detail(exc))]
+    if _containers(text) > max_depth and _deeper_than(doc, max_depth):
+        return [Rejected("too_deep", f"nested deeper than {max_depth} levels")]
     if isinstance(doc, dict):
         return [_envelope(doc, raw)]
     if isinstance(doc, list):
@@ -197,6 +213,24 @@ def _normalize(raw: RawRecord, max_bytes: int) -> list[Normalized]:
             f"expected object or array of objects @ $, got {_json_type(doc)}",
         )
     ]
+
+
+def _containers(text: str) -> int:
+    """An upper bound of the nesting depth: every bracket, quoted ones included."""
+    return text.count("[") + text.count("{")
+
+
+def _deeper_than(doc: object, limit: int) -> bool:
+    """Whether ``doc`` has arrays/objects nested more than ``limit`` deep (no recursion)."""
+    stack: list[tuple[object, int]] = [(doc, 1)] if isinstance(doc, dict | list) else []
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        assert isinstance(children, Iterable)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _json_error_detail(exc: ValueError) -> str:
@@ -655,6 +689,47 @@ def _stream_end(f: _Fields, raw: RawRecord) -> Event:
     return StreamEnded(msg_id=f.opt_id("msgId"), received_at=raw.received_at, wall_ms=raw.wall_ms)
 
 
+def _stream_pause(f: _Fields, raw: RawRecord) -> Event:
+    return StreamPaused(msg_id=f.opt_id("msgId"), received_at=raw.received_at, wall_ms=raw.wall_ms)
+
+
+def _stream_resume(f: _Fields, raw: RawRecord) -> Event:
+    return StreamResumed(msg_id=f.opt_id("msgId"), received_at=raw.received_at, wall_ms=raw.wall_ms)
+
+
+_CONTROL_ACTIONS: Final[Mapping[int, Callable[[_Fields, RawRecord], Event]]] = {
+    # TikTok's ControlAction (tiktok-live-proto, TikTokLive): 1 STREAM_PAUSED,
+    # 2 STREAM_UNPAUSED, 3 STREAM_ENDED, 4 STREAM_SUSPENDED (ended for good).
+    1: _stream_pause,
+    2: _stream_resume,
+    3: _stream_end,
+    4: _stream_end,
+}
+_CONTROL_ACTION_NAMES: Final[Mapping[str, int]] = {
+    "paused": 1,
+    "unpaused": 2,
+    "ended": 3,
+    "suspended": 4,
+}
+
+
+def _control_message(f: _Fields, raw: RawRecord) -> Event:
+    """TikTok-Live-Connector's ``controlMessage``: ``action`` as TikTok's number, or
+    its name (``CONTROL_ACTION_STREAM_PAUSED`` or just ``paused``, any case)."""
+    value = f.raw("action")
+    if value is None:
+        raise _Refusal("missing_field", f"missing action @ {f.where('action')}")
+    if isinstance(value, str):
+        name = value.strip().lower().removeprefix("control_action_").removeprefix("stream_")
+        code = _CONTROL_ACTION_NAMES.get(name, 0)
+    else:
+        code = f.req_count("action")
+    parser = _CONTROL_ACTIONS.get(code)
+    if parser is None:
+        raise _Ignore("controlMessage:other")
+    return parser(f, raw)
+
+
 _PARSERS: Final[Mapping[str, Callable[[_Fields, RawRecord], Event]]] = {
     "gift": _gift,
     "chat": _chat,
@@ -667,4 +742,8 @@ _PARSERS: Final[Mapping[str, Callable[[_Fields, RawRecord], Event]]] = {
     "linkMicBattle": _link_mic_battle,
     "linkMicArmies": _link_mic_armies,
     "streamEnd": _stream_end,
+    "liveEnd": _stream_end,
+    "livePause": _stream_pause,
+    "liveUnpause": _stream_resume,
+    "controlMessage": _control_message,
 }

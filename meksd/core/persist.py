@@ -15,10 +15,13 @@ The format is UTF-8 JSON (stdlib ``json``), versioned, one object::
                "counter": ..., "events": ..., "duplicates": ..., "streaks_timed_out": ...}}
 
 ``state`` holds every field of :class:`~meksd.model.state.RoomState` under its own
-name. The persistent maps are written as lists sorted by key (leaderboard rows by
-``user_id``; streaks as ``[[user_id, gift_id, group_id], streak]`` pairs; remembered
-msgIds as sorted strings), so equal states give equal bytes and
-``state_to_bytes(*state_from_bytes(b)) == b``.
+name (cattrs, attrs field order). The persistent maps are written sorted by key:
+leaderboard rows as a list ordered by ``user_id``; remembered msgIds as sorted
+strings; maps with tuple keys (streaks) as ``[[user_id, gift_id, group_id], value]``
+pairs; other string-keyed maps (remembered command ids) as objects. So equal states
+give equal bytes and ``state_to_bytes(*state_from_bytes(b)) == b``. A field added
+to the state later with a default reads older documents (the default fills in);
+removing or retyping one needs a new version.
 
 Times: streak ``last_at`` values are on whatever clock the caller used. The shell
 runs on trio's monotonic clock, which means nothing in another process, so it
@@ -33,9 +36,11 @@ escapes :func:`state_from_bytes`, whatever the bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from typing import Any, Final, Literal, get_args, get_origin
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, Literal, get_args, get_origin, get_type_hints
 
 import attrs
 import cattrs
@@ -50,7 +55,6 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "PersistError",
-    "new_session",
     "rebase_clock",
     "state_from_bytes",
     "state_to_bytes",
@@ -60,6 +64,10 @@ FORMAT: Final = "meksd.room-state"
 """The ``format`` tag of every document this module writes."""
 VERSION: Final = 1
 """The version written; reading accepts versions up to this one."""
+
+
+MAX_PROBLEMS: Final = 5
+"""Problems named in one ``PersistError`` message (the count of the rest follows)."""
 
 
 class PersistError(ValueError):
@@ -74,13 +82,79 @@ def state_to_bytes(state: RoomState, seq: int) -> bytes:
 
     Safe to call from a worker thread: the state is an immutable value.
     """
-    doc = {
-        "format": FORMAT,
-        "version": VERSION,
-        "seq": seq,
-        "state": _converter.unstructure(state, RoomState),
-    }
-    return json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    head = _dumps({"format": FORMAT, "version": VERSION, "seq": seq})[:-1]
+    return "".join([head, ',"state":', *_pieces(state, RoomState), "}"]).encode("ascii")
+
+
+CHUNK: Final = 256
+"""Most array items handed to the C JSON encoder in one call (see :func:`_pieces`)."""
+
+
+def _pieces(value: Any, t: Any) -> Iterator[str]:
+    """The JSON of ``_converter.unstructure(value, t)`` (compact, ASCII), in pieces.
+
+    Byte for byte what ``json.dumps`` writes for the unstructured value, but produced
+    one small part at a time, so that encoding a big room in the writer thread does
+    not stall the event loop's thread:
+
+    - the C encoder holds the GIL for the whole of one call, so no call gets more
+      than ``CHUNK`` items (2 MB in one call held it for ~30 ms);
+    - rows are unstructured a chunk at a time, so at most ``CHUNK`` temporary dicts
+      live together: a whole room's worth of them set off full collections (40-70 ms
+      pauses of every thread) when the state was unstructured in one go.
+
+    ASCII with ``\\u`` escapes: a lone surrogate from a feed's text survives the trip.
+    """
+    if t is Dedup:
+        yield f'{{"capacity":{_dumps(value.capacity)},"current":'
+        yield from _array(sorted(value.current), str)
+        yield ',"previous":'
+        yield from _array(sorted(value.previous), str)
+        yield "}"
+    elif t == _BOARD:
+        yield from _array([value[k] for k in sorted(value)], LeaderRow)
+    elif _is_map(t):
+        key_type, value_type = get_args(t)
+        keys = sorted(value)
+        if key_type is str:
+            yield "{"
+            for i in range(0, len(keys), CHUNK):
+                part = {
+                    k: _converter.unstructure(value[k], value_type) for k in keys[i : i + CHUNK]
+                }
+                yield ("," if i else "") + _dumps(part)[1:-1]
+            yield "}"
+        else:
+            pair = tuple[key_type, value_type]  # type: ignore[valid-type]
+            yield from _array([(k, value[k]) for k in keys], pair)
+    elif attrs.has(t):
+        for i, (name, field_type) in enumerate(_fields(t)):
+            yield ("{" if i == 0 else ",") + _dumps(name) + ":"
+            yield from _pieces(getattr(value, name), field_type)
+        yield "}"
+    elif get_origin(t) is tuple and get_args(t)[1:] == (Ellipsis,) and len(value) > CHUNK:
+        yield from _array(value, get_args(t)[0])
+    else:
+        yield _dumps(_converter.unstructure(value, t))
+
+
+def _array(items: Sequence[Any], t: Any) -> Iterator[str]:
+    """``items`` (of type ``t``) as a JSON array, ``CHUNK`` at a time."""
+    yield "["
+    for i in range(0, len(items), CHUNK):
+        part = [_converter.unstructure(item, t) for item in items[i : i + CHUNK]]
+        yield ("," if i else "") + _dumps(part)[1:-1]
+    yield "]"
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[tuple[str, Any], ...]:
+    hints = get_type_hints(cls)
+    return tuple((f.name, hints[f.name]) for f in attrs.fields(cls))
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------- reading
@@ -115,7 +189,8 @@ def state_from_bytes(data: bytes) -> tuple[RoomState, int]:
         state = _converter.structure(doc["state"], RoomState)
     except Exception as exc:
         lines = cattrs.transform_error(exc, path="$.state", format_exception=_format_exception)
-        raise PersistError("; ".join(lines)) from None
+        more = f"; and {len(lines) - MAX_PROBLEMS} more" if len(lines) > MAX_PROBLEMS else ""
+        raise PersistError("; ".join(lines[:MAX_PROBLEMS]) + more) from None
     return state, seq
 
 
@@ -128,27 +203,13 @@ def rebase_clock(state: RoomState, offset: float) -> RoomState:
         return state
 
     def shift(streaks: immutables.Map[GiftKey, Streak]) -> immutables.Map[GiftKey, Streak]:
-        with streaks.mutate() as m:
-            for key, streak in streaks.items():
-                m[key] = attrs.evolve(streak, last_at=streak.last_at + offset)
-            return m.finish()
+        m = streaks.mutate()
+        for key, streak in streaks.items():
+            m[key] = attrs.evolve(streak, last_at=streak.last_at + offset)
+        return m.finish()
 
     return attrs.evolve(
         state, streaks=shift(state.streaks), closed_streaks=shift(state.closed_streaks)
-    )
-
-
-def new_session(state: RoomState, epoch: str) -> RoomState:
-    """An empty room under ``epoch`` that remembers ``state``'s msgIds.
-
-    A reset starts counting from zero, but a feed that re-sends the last session's
-    events on connect must not count them into the new one: the msgId memory is kept.
-    """
-    return RoomState(
-        room_id=state.room_id,
-        epoch=epoch,
-        config=state.config,
-        dedup=state.dedup,
     )
 
 
@@ -213,6 +274,9 @@ def _structure_tuple(obj: object, t: Any) -> tuple[Any, ...]:
     return tuple(items)
 
 
+_BOARD = immutables.Map[str, LeaderRow]
+
+
 def _leaderboard_out(board: immutables.Map[str, LeaderRow]) -> list[Any]:
     return [_converter.unstructure(board[k], LeaderRow) for k in sorted(board)]
 
@@ -225,19 +289,44 @@ def _leaderboard_in(obj: object, _: object) -> immutables.Map[str, LeaderRow]:
     return board
 
 
-_StreakPairs = tuple[tuple[tuple[str, str, str], Streak], ...]
+def _is_map(t: Any) -> bool:
+    return get_origin(t) is immutables.Map
 
 
-def _streaks_out(streaks: immutables.Map[GiftKey, Streak]) -> list[Any]:
-    return [[list(k), _converter.unstructure(streaks[k], Streak)] for k in sorted(streaks)]
+def _map_out_factory(t: Any) -> Callable[[immutables.Map[Any, Any]], Any]:
+    """Any other map: an object sorted by key when keys are strings, else a list of
+    ``[key, value]`` pairs sorted by key."""
+    key_type, value_type = get_args(t)
+
+    def by_name(m: immutables.Map[str, Any]) -> dict[str, Any]:
+        return {k: _converter.unstructure(m[k], value_type) for k in sorted(m)}
+
+    def by_pair(m: immutables.Map[Any, Any]) -> list[Any]:
+        return [
+            [_converter.unstructure(k, key_type), _converter.unstructure(m[k], value_type)]
+            for k in sorted(m)
+        ]
+
+    return by_name if key_type is str else by_pair
 
 
-def _streaks_in(obj: object, _: object) -> immutables.Map[GiftKey, Streak]:
-    pairs = _converter.structure(obj, _StreakPairs)
-    streaks = immutables.Map(pairs)
-    if len(streaks) != len(pairs):
-        raise _Invalid("duplicate streak key")
-    return streaks
+def _map_in_factory(t: Any) -> Callable[[object, Any], immutables.Map[Any, Any]]:
+    key_type, value_type = get_args(t)
+    pairs_type = tuple[tuple[key_type, value_type], ...]  # type: ignore[valid-type]
+
+    def by_name(obj: object, _: Any) -> immutables.Map[str, Any]:
+        if type(obj) is not dict:
+            raise _Invalid("expected an object")
+        return immutables.Map(_converter.structure(obj, dict[str, value_type]))  # type: ignore[valid-type]
+
+    def by_pair(obj: object, _: Any) -> immutables.Map[Any, Any]:
+        pairs = _converter.structure(obj, pairs_type)
+        m = immutables.Map(pairs)
+        if len(m) != len(pairs):
+            raise _Invalid("duplicate key")
+        return m
+
+    return by_name if key_type is str else by_pair
 
 
 def _ids_in(obj: object, name: str) -> immutables.Map[str, None]:
@@ -293,12 +382,11 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_func(_is_tuple, _structure_tuple)
     conv.register_structure_hook(Dedup, _dedup_in)
     conv.register_unstructure_hook(Dedup, _dedup_out)
-    board = immutables.Map[str, LeaderRow]
-    streaks = immutables.Map[GiftKey, Streak]
-    conv.register_structure_hook_func(lambda t: t == board, _leaderboard_in)
-    conv.register_unstructure_hook_func(lambda t: t == board, _leaderboard_out)
-    conv.register_structure_hook_func(lambda t: t == streaks, _streaks_in)
-    conv.register_unstructure_hook_func(lambda t: t == streaks, _streaks_out)
+    # Later registrations take precedence: the general map hooks first.
+    conv.register_structure_hook_factory(_is_map, _map_in_factory)
+    conv.register_unstructure_hook_factory(_is_map, _map_out_factory)
+    conv.register_structure_hook_func(lambda t: t == _BOARD, _leaderboard_in)
+    conv.register_unstructure_hook_func(lambda t: t == _BOARD, _leaderboard_out)
     return conv
 
 

@@ -31,6 +31,9 @@ battle rules in ``meksd.core.battle``):
   ``viewers``.
 * ``streamEnd`` sets ``live`` to ``"ended"``; a later gift, chat or like sets it back
   to ``"live"`` (the stream resumed); joins, viewer counts and battle messages do not.
+* A pause (``StreamPaused``) sets ``"paused"``; only its resume (``StreamResumed``,
+  which sets ``"live"``) or an end leaves it: viewers keep chatting and gifting in a
+  paused LIVE, so their events say nothing about the video.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ from meksd.model.events import (
     MemberJoined,
     SocialAction,
     StreamEnded,
+    StreamPaused,
+    StreamResumed,
     User,
     ViewerCount,
 )
@@ -71,6 +76,7 @@ from meksd.model.state import (
     Delta,
     GiftItem,
     LeaderRow,
+    LiveStatus,
     RoomConfig,
     RoomState,
     Totals,
@@ -170,14 +176,14 @@ def reduce(state: RoomState, events: Sequence[Event]) -> tuple[RoomState, Delta]
             ledger.count(
                 outcome, streak.user if event.streakable and streak is not None else event.user
             )
-            live = "live"
+            live = _active(live)
         elif isinstance(event, ChatMessage):
             chat.append(chat_item(event))
             comments += 1
-            live = "live"
+            live = _active(live)
         elif isinstance(event, LikeReceived):
             likes += event.like_count
-            live = "live"
+            live = _active(live)
         elif isinstance(event, MemberJoined):
             joins += 1
         elif isinstance(event, SocialAction):
@@ -193,6 +199,10 @@ def reduce(state: RoomState, events: Sequence[Event]) -> tuple[RoomState, Delta]
             battle = apply_armies(battle, event, config.battle_supporters)
         elif isinstance(event, StreamEnded):
             live = "ended"
+        elif isinstance(event, StreamPaused):
+            live = "paused"
+        elif isinstance(event, StreamResumed):
+            live = "live"
 
     closed = closed_streaks.finish()
     if len(closed) > config.closed_streak_memory:
@@ -222,6 +232,12 @@ def reduce(state: RoomState, events: Sequence[Event]) -> tuple[RoomState, Delta]
         duplicates=state.duplicates + duplicates,
     )
     return new_state, _delta(state, new_state, ledger, chat)
+
+
+def _active(live: LiveStatus) -> LiveStatus:
+    """What a gift, chat or like says of the stream: an ended one is live again; a
+    paused one stays paused (its viewers go on chatting)."""
+    return "live" if live == "ended" else live
 
 
 def expire(state: RoomState, now: float) -> tuple[RoomState, Delta]:

@@ -17,7 +17,7 @@ room. The shapes (``docs/protocol.md`` is the contract):
         "chat": [{"msg_id", "user_id", "unique_id", "nickname", "comment", "wall_ms",
                   "pinned", "hidden"}],
         "chat_limit": int,
-        "live": "live" | "ended"}}
+        "live": "live" | "paused" | "ended"}}
 
 ``delta_message(room, epoch, seq, delta)``: ``{"type": "delta", "room", "epoch",
 "seq"}`` plus only the keys that changed among ``leaderboard`` (changed rows),

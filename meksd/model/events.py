@@ -155,6 +155,24 @@ class StreamEnded:
     wall_ms: int
 
 
+@attrs.frozen
+class StreamPaused:
+    """The host paused the LIVE (``livePause``, or ``controlMessage`` action 1)."""
+
+    msg_id: str | None
+    received_at: float
+    wall_ms: int
+
+
+@attrs.frozen
+class StreamResumed:
+    """A paused LIVE goes on (``liveUnpause``, or ``controlMessage`` action 2)."""
+
+    msg_id: str | None
+    received_at: float
+    wall_ms: int
+
+
 Event = (
     GiftSent
     | ChatMessage
@@ -165,6 +183,8 @@ Event = (
     | BattleStatus
     | BattleArmies
     | StreamEnded
+    | StreamPaused
+    | StreamResumed
 )
 
 

@@ -15,7 +15,9 @@ import immutables
 from meksd.model.commands import CommandMemory
 from meksd.model.events import GiftKey, User
 
-LiveStatus = Literal["live", "ended"]
+LiveStatus = Literal["live", "paused", "ended"]
+"""``live`` until the feed says otherwise: ``paused`` (the host paused the LIVE) and
+``ended`` (``streamEnd``); see ``meksd.core.reduce`` for what leaves each."""
 
 
 @attrs.frozen

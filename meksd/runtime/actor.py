@@ -15,18 +15,21 @@ the next tick (``pending``) are swapped together with the state, as one
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import orjson
 import trio
 from loguru import logger
 
+from meksd.core.commands import apply_command
 from meksd.core.delta import merge
 from meksd.core.reduce import expire, next_deadline, reduce
 from meksd.core.wire import delta_message
+from meksd.model.commands import CommandResult, ResetSession
 from meksd.model.events import Event
 from meksd.model.state import EMPTY_DELTA, Delta, RoomState
+from meksd.runtime.commands import CommandItem, ReplySlot
 from meksd.runtime.hub import RoomFeed
 from meksd.runtime.stats import RoomCounters
 
@@ -45,7 +48,13 @@ class Probe:
     done: trio.Event = attrs.field(factory=trio.Event)
 
 
-InboxItem = Event | Probe
+InboxItem = Event | Probe | CommandItem
+
+
+def _new_epoch() -> str:
+    from meksd.runtime.room import new_epoch  # room.py imports this module
+
+    return new_epoch()
 
 
 @attrs.frozen
@@ -69,12 +78,18 @@ class RoomActor:
         *,
         tick_s: float,
         counters: RoomCounters,
+        new_epoch: Callable[[], str] | None = None,
+        on_session_end: Callable[[RoomState], None] | None = None,
     ) -> None:
         self.owned = owned
         self.feed = feed
         self.inbox = inbox
         self.tick_s = tick_s
         self.counters = counters
+        self.new_epoch = new_epoch or _new_epoch
+        """Names the epoch a ``session.reset`` starts."""
+        self.on_session_end = on_session_end
+        """Called (synchronously, after the step) with the state a reset ended."""
         self._next_publish = -math.inf
         self._log = logger.bind(room=owned.state.room_id)
 
@@ -111,14 +126,36 @@ class RoomActor:
                 return
 
     def step(self, batch: Sequence[InboxItem], now: float, *, final: bool = False) -> None:
-        """Apply ``batch`` at ``now``, then publish if due. Synchronous: never checkpoints."""
-        events = [item for item in batch if not isinstance(item, Probe)]
+        """Apply ``batch`` at ``now``, then publish if due. Synchronous: never checkpoints.
+
+        Events and operator commands apply in inbox order. Command replies are
+        resolved right after the new state is swapped in; a ``session.reset`` in the
+        batch then restarts the feed at the new epoch (dashboards resync from its
+        snapshot, which includes everything after the reset) and hands the ended
+        session to ``on_session_end``.
+        """
         state, pending, since = self.owned.state, self.owned.pending, self.owned.pending_since
-        if events:
-            self.counters.events += len(events)
-            state, delta = self._reduce(state, events)
-            pending = merge(pending, delta)
-            since = min(since, min(e.received_at for e in events))
+        ended: list[RoomState] = []
+        answers: list[tuple[ReplySlot, CommandResult]] = []
+        events: list[Event] = []
+        for item in batch:
+            if isinstance(item, CommandItem):
+                state, pending, since = self._apply_events(state, pending, since, events)
+                events = []
+                if not item.reply.open:  # withdrawn: the dashboard stopped waiting
+                    continue
+                before = state
+                state, delta, result = self._command(state, item)
+                answers.append((item.reply, result))
+                if state.epoch != before.epoch:
+                    ended.append(before)
+                    pending, since = EMPTY_DELTA, math.inf
+                elif not delta.empty:
+                    pending = merge(pending, delta)
+                    since = min(since, item.submitted_at)
+            elif not isinstance(item, Probe):
+                events.append(item)
+        state, pending, since = self._apply_events(state, pending, since, events)
         due = next_deadline(state)
         if due is not None and due <= now:
             before = state
@@ -127,12 +164,63 @@ class RoomActor:
             if state is not before:
                 pending = merge(pending, delta)
                 since = min(since, now)
-        self.owned = Owned(state, pending, since)
-        if not pending.empty and (final or now >= self._next_publish):
+        if ended:
+            self.owned = Owned(state)  # the new epoch's snapshot includes what was pending
+        else:
+            self.owned = Owned(state, pending, since)
+        for slot, result in answers:
+            slot.resolve(result)
+        if ended:
+            self.feed.reset(state, 0)
+            for previous in ended:
+                self._session_ended(previous)
+        elif not pending.empty and (final or now >= self._next_publish):
             self._publish(now)
         for item in batch:
             if isinstance(item, Probe):
                 item.done.set()
+
+    def _apply_events(
+        self, state: RoomState, pending: Delta, since: float, events: list[Event]
+    ) -> tuple[RoomState, Delta, float]:
+        if not events:
+            return state, pending, since
+        self.counters.events += len(events)
+        state, delta = self._reduce(state, events)
+        return state, merge(pending, delta), min(since, min(e.received_at for e in events))
+
+    def _command(
+        self, state: RoomState, item: CommandItem
+    ) -> tuple[RoomState, Delta, CommandResult]:
+        command = item.command
+        try:
+            epoch = self.new_epoch() if isinstance(command, ResetSession) else ""
+            return apply_command(state, command, epoch=epoch)
+        except Exception as exc:
+            self._log.opt(exception=exc).error(
+                "command {action} failed; not applied, state kept",
+                action=command.action,
+                event="command_error",
+            )
+            return state, EMPTY_DELTA, CommandResult(False, "internal", "see the server log")
+
+    def _session_ended(self, previous: RoomState) -> None:
+        self._log.info(
+            "session reset: epoch {old} ended ({diamonds} diamonds, {gifters} gifters),"
+            " epoch {new} started",
+            old=previous.epoch,
+            new=self.owned.state.epoch,
+            diamonds=previous.totals.diamonds,
+            gifters=len(previous.leaderboard),
+            event="session_reset",
+        )
+        if self.on_session_end is not None:
+            try:
+                self.on_session_end(previous)
+            except Exception as exc:
+                self._log.opt(exception=exc).error(
+                    "session-end hook failed", event="session_hook_error"
+                )
 
     def _reduce(self, state: RoomState, events: list[Event]) -> tuple[RoomState, Delta]:
         before = state

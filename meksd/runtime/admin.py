@@ -12,8 +12,10 @@ network)::
                           readiness, ingest depth, sources
     GET /api/rooms/{id}   the room's snapshot message, the very bytes a dashboard
                           subscribing now would receive; 404 for an unknown room
+    GET /  /config.json   the dashboard page and where it connects, and
+    GET /api/rooms/{id}/previous   the session a reset ended (meksd.runtime.webpage)
 
-Every answer is JSON (except ``/metrics``), errors included: an unknown path is a
+Every answer is JSON (except ``/metrics`` and the page), errors included: an unknown path is a
 404 ``{"error": "not_found", ...}``, a wrong method a 405, and an exception in a
 handler a 500 ``{"error": "internal"}`` logged once here, never a traceback sent to
 the client and never a crash of the server.
@@ -51,6 +53,7 @@ from meksd.config import parse_listen
 from meksd.core.wire import totals_to_wire
 from meksd.runtime.health import room_readiness
 from meksd.runtime.metrics import Metrics
+from meksd.runtime.webpage import page_routes
 
 if TYPE_CHECKING:
     from hypercorn.typing import Framework
@@ -152,6 +155,7 @@ class AdminServer:
             Route("/metrics", self._metrics, methods=["GET"]),
             Route("/api/rooms", self._rooms, methods=["GET"]),
             Route("/api/rooms/{room_id}", self._room, methods=["GET"]),
+            *page_routes(self.app),  # the dashboard page: meksd.runtime.webpage
         ]
         return Starlette(
             routes=routes,
@@ -203,11 +207,13 @@ def room_summary(
     state = feed.state
     readiness = room_readiness(room, now, stall_s=stall_s)
     sources = []
-    for source in room.sources:
+    active = room.selector.active
+    for index, source in enumerate(room.sources):
         s = source.statistics()
         sources.append(
             {
                 "name": s.name,
+                "active": index == active,
                 "state": s.state,
                 "records": s.records,
                 "connects": s.connects,
@@ -229,6 +235,7 @@ def room_summary(
         "ready": readiness.ready,
         "reason": readiness.reason,
         "ingest_depth": room.ingest_depth(),
+        "failovers": room.counters.failovers,
         "sources": sources,
     }
 

@@ -31,12 +31,14 @@ from meksd.core.reduce import reconfigure
 from meksd.core.wire import state_to_wire
 from meksd.errors import ConfigError
 from meksd.logsetup import configure_logging, flush_suppressed
-from meksd.runtime.actor import Owned
+from meksd.runtime.actor import InboxItem, Owned
 from meksd.runtime.admin import AdminServer
+from meksd.runtime.commands import CommandRouter
 from meksd.runtime.hub import Hub, RoomFeed
 from meksd.runtime.metrics import Metrics
 from meksd.runtime.notify import Notifier, NotifyError, run_watchdog, watchdog_interval
 from meksd.runtime.room import Room, new_epoch
+from meksd.runtime.store import RoomStore
 from meksd.runtime.wsserver import DashboardServer
 
 PROBE_TIMEOUT_S = 5.0
@@ -52,17 +54,22 @@ class App:
         """A ``--log-level`` given on the command line wins over ``[log] level``."""
         self.hub = Hub()
         self.rooms: dict[str, Room] = {}
-        self.dashboards = DashboardServer(self.hub, config.server)
+        self.dashboards = DashboardServer(self.hub, config.server, auth=config.auth)
         self.metrics = Metrics(self)
         self.dashboards.latency = self.metrics.delivery_latency
+        self.dashboards.commands = CommandRouter(self._room_inbox)
         self.admin = AdminServer(self, listen=config.server.http_listen, metrics=self.metrics)
         self._room_scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        self.store = RoomStore.from_config(config.storage, lambda: self.rooms.values())
+        """Room states for restarts (``[storage]``); None when disabled."""
 
     async def run(self, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every room and listener, report started, run until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.store is not None:  # opened and loaded before any room starts
+                await nursery.start(self.store.run)
             for settings in self.config.rooms:
                 await self.start_room(settings)
             await nursery.start(self.dashboards.run)
@@ -78,13 +85,21 @@ class App:
         """Add a room and start its tasks (also used by reload, keeping state and feed)."""
         assert self._nursery is not None
         server = self.config.server
+        seq = 0
+        if owned is None and feed is None and self.store is not None:
+            restored = self.store.restore(settings)
+            if restored is not None:
+                owned, seq = restored
         room = Room(
             settings,
             tick_s=server.tick_ms / 1000,
             ring_size=server.ring_size,
             owned=owned,
             feed=feed,
+            seq=seq,
         )
+        if self.store is not None:
+            room.session_hooks.append(self.store.session_ended)
         scope = trio.CancelScope()
         self.rooms[room.room_id] = room
         self._room_scopes[room.room_id] = scope
@@ -98,6 +113,10 @@ class App:
         await self._nursery.start(run_room)
         return room
 
+    def _room_inbox(self, room_id: str) -> trio.MemorySendChannel[InboxItem] | None:
+        room = self.rooms.get(room_id)
+        return None if room is None else room.inbox
+
     def stop_room(self, room_id: str, *, keep_feed: bool = False) -> Room | None:
         """Cancel a room's tasks; unless ``keep_feed``, remove it (its dashboards are told)."""
         if not keep_feed:
@@ -105,7 +124,10 @@ class App:
         scope = self._room_scopes.pop(room_id, None)
         if scope is not None:
             scope.cancel()
-        return self.rooms.pop(room_id, None)
+        room = self.rooms.pop(room_id, None)
+        if room is not None and not keep_feed and self.store is not None:
+            self.store.retire(room)
+        return room
 
     async def healthy(self) -> bool:
         """A round trip through every room's actor, all within ``PROBE_TIMEOUT_S``."""
@@ -139,8 +161,14 @@ class App:
             )
         if server.ring_size != old.server.ring_size:
             logger.warning("reload: ring_size applies to rooms started from now on", event="reload")
+        if new.storage != old.storage:
+            logger.warning(
+                "reload: [storage] changes take effect at the next restart", event="reload"
+            )
+            new = attrs.evolve(new, storage=old.storage)
         self.config = attrs.evolve(new, server=server)
         self.dashboards.config = server
+        self.dashboards.set_auth(self.config.auth)  # revoked tokens' dashboards: 1008
         old_rooms = {r.id: r for r in old.rooms}
         new_rooms = {r.id: r for r in new.rooms}
         tick_changed = server.tick_ms != old.server.tick_ms
@@ -175,7 +203,8 @@ class App:
         else:
             owned = attrs.evolve(owned, state=state)
             resync = False
-        await self.start_room(settings, owned=owned, feed=room.feed)
+        restarted = await self.start_room(settings, owned=owned, feed=room.feed)
+        restarted.previous = room.previous  # the session a reset ended, if any
         logger.info(
             "reload: room restarted with new settings",
             room=settings.id,
@@ -188,6 +217,11 @@ class App:
     async def stop(self) -> None:
         """Graceful shutdown: stop accepting, close dashboards (1001), cancel the rest."""
         await self.dashboards.shutdown(self.config.server.shutdown_grace_s)
+        if self.store is not None:
+            # Stop the rooms first, so that what the final flush writes is final.
+            for scope in self._room_scopes.values():
+                scope.cancel()
+            await self.store.close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 

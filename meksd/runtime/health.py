@@ -3,13 +3,15 @@
 A room is **ready** when one of these holds, checked in this order:
 
 1. it has no source configured (nothing is expected of it);
-2. a record arrived within the last :data:`STALL_S` seconds (it is delivering);
+2. a record arrived within the last ``stall_s`` seconds (the room's setting: it is
+   delivering; the reason names the active source);
 3. its state says the stream ended (``live == "ended"``, after the feed's
-   ``streamEnd``);
+   ``streamEnd``) or is paused (``live == "paused"``);
 4. one of its sources finished (a replay without ``loop`` played out).
 
-Anything else is not ready, with a reason that names the source and what it is
-doing (``connecting``, ``backoff`` and its last error, or ``connected`` but silent).
+Anything else is not ready, with a reason that names the active source and what
+every source is doing (``connecting``, ``backoff`` and its last error, or
+``connected`` but silent).
 A room that has never received a record is not ready: "green while delivering
 nothing" must not happen, not even during start-up.
 
@@ -28,12 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["STALL_S", "RoomReadiness", "room_readiness"]
 
-STALL_S = 30.0
-"""A room whose sources delivered nothing for this long is stalled (not ready).
-
-A constant for now; the next issue makes it a per-room setting. Read at call time,
-so tests may monkeypatch it.
-"""
+STALL_S = 20.0
+"""The stall window of a room without settings (the default of ``[[rooms]] stall_s``);
+rooms use their own ``stall_s``."""
 
 
 @attrs.frozen
@@ -54,24 +53,30 @@ class RoomReadiness:
 def room_readiness(room: Room, now: float, *, stall_s: float | None = None) -> RoomReadiness:
     """The readiness of ``room`` at ``now`` (``trio.current_time()`` scale).
 
-    ``stall_s`` defaults to :data:`STALL_S` (looked up at call time). Synchronous;
-    never checkpoints.
+    ``stall_s`` defaults to the room's ``settings.stall_s``. Synchronous; never
+    checkpoints.
     """
-    window = STALL_S if stall_s is None else stall_s
     rid = room.room_id
     sources = [source.statistics() for source in room.sources]
     if not sources:
         return RoomReadiness(rid, True, "no source configured")
+    window = room.settings.stall_s if stall_s is None else stall_s
+    active = sources[room.selector.active].name
 
     last = room.counters.last_event_at
     for stats in sources:
         if stats.last_record_at is not None and (last is None or stats.last_record_at > last):
             last = stats.last_record_at
     if last is not None and now - last <= window:
-        return RoomReadiness(rid, True, f"delivering (last record {now - last:.1f}s ago)")
+        return RoomReadiness(
+            rid, True, f"delivering via {active} (last record {now - last:.1f}s ago)"
+        )
 
-    if room.state.live == "ended":
+    live = room.state.live
+    if live == "ended":
         return RoomReadiness(rid, True, "stream ended")
+    if live == "paused":
+        return RoomReadiness(rid, True, "stream paused")
 
     for stats in sources:
         if stats.state == "finished":
@@ -89,4 +94,4 @@ def room_readiness(room: Room, now: float, *, stall_s: float | None = None) -> R
         if stats.state != "connected" and stats.last_error:
             what += f" ({stats.last_error})"
         doing.append(what)
-    return RoomReadiness(rid, False, f"{silent}; source {', '.join(doing)}")
+    return RoomReadiness(rid, False, f"{silent}; active {active}; source {', '.join(doing)}")

@@ -44,6 +44,7 @@ from prometheus_client.core import (
 
 from meksd import __version__
 from meksd.core.normalize import REASONS
+from meksd.runtime.access import LIMIT_NAMES, REFUSED_NAMES
 from meksd.runtime.gcpause import gc_pauses_observed
 from meksd.runtime.health import room_readiness
 from meksd.runtime.histogram import Histogram, HistogramFamily
@@ -146,6 +147,21 @@ class DashboardTotals(Protocol):
         """Payload bytes of those messages."""
         ...
 
+    @property
+    def refused(self) -> Mapping[str, int]:
+        """Handshakes refused, by reason (``meksd.runtime.access.REFUSED_NAMES``)."""
+        ...
+
+    @property
+    def limited(self) -> Mapping[str, int]:
+        """Limits hit by open connections, by limit (``meksd.runtime.access.LIMIT_NAMES``)."""
+        ...
+
+    @property
+    def errors(self) -> int:
+        """Connection handlers that failed unexpectedly."""
+        ...
+
 
 class AppCollector:
     """Builds every ``meksd_*`` family from one app's live counters, per scrape.
@@ -214,9 +230,16 @@ class AppCollector:
             add("meksd_published_bytes", (rid,), feed.published_bytes)
             add("meksd_snapshots_encoded", (rid,), feed.snapshots_encoded)
             add("meksd_room_ready", (rid,), 1 if room_readiness(room, now).ready else 0)
-            add("meksd_source_failovers", (rid,), 0)  # failover is later work
-            for source in room.sources:
+            add("meksd_source_failovers", (rid,), c.failovers)
+            add("meksd_source_failbacks", (rid,), c.failbacks)
+            add("meksd_source_stalls", (rid,), c.stalls)
+            add("meksd_source_records_dropped", (rid,), c.standby_dropped)
+            add("meksd_ingest_backpressure_waits", (rid,), c.ingest_waits)
+            add("meksd_ingest_backpressure_seconds", (rid,), c.ingest_wait_s)
+            active = room.selector.active
+            for index, source in enumerate(room.sources):
                 s = source.statistics()
+                add("meksd_source_active", (rid, s.name), 1 if index == active else 0)
                 for state in _SOURCE_STATES:
                     add("meksd_source_state", (rid, s.name, state), 1 if s.state == state else 0)
                 add("meksd_source_records", (rid, s.name), s.records)
@@ -244,6 +267,14 @@ class AppCollector:
             add("meksd_dashboard_sends_aborted", (), totals.killed)
             add("meksd_dashboard_messages_sent", (), totals.messages_sent)
             add("meksd_dashboard_bytes_sent", (), totals.bytes_sent)
+            # Newer fields: a hook that predates them reports zeros.
+            refused: Mapping[str, int] = getattr(totals, "refused", {})
+            limited: Mapping[str, int] = getattr(totals, "limited", {})
+            for reason in sorted({*REFUSED_NAMES, *refused}):
+                add("meksd_dashboard_refused", (reason,), refused.get(reason, 0))
+            for limit in sorted({*LIMIT_NAMES, *limited}):
+                add("meksd_dashboard_limited", (limit,), limited.get(limit, 0))
+            add("meksd_dashboard_handler_errors", (), getattr(totals, "errors", 0))
 
         yield from fam.values()
         m = self._metrics
@@ -268,6 +299,9 @@ class AppCollector:
         info = InfoMetricFamily("meksd_build", "meksd version.")
         info.add_metric([], {"version": __version__})
         yield info
+        store = getattr(app, "store", None)  # meksd_store_* (meksd.runtime.store)
+        if store is not None:
+            yield from store.metric_families()
 
     def _families(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
         room, room_source = ["room"], ["room", "source"]
@@ -341,8 +375,38 @@ class AppCollector:
             ),
             CounterMetricFamily(
                 "meksd_source_failovers",
-                "Switches from a failing source to the next one.",
+                "Switches from a failing or stalled source to the next one.",
                 labels=room,
+            ),
+            CounterMetricFamily(
+                "meksd_source_failbacks",
+                "Switches back to a preferred source that delivers again.",
+                labels=room,
+            ),
+            CounterMetricFamily(
+                "meksd_source_stalls",
+                "Times the active source read nothing for stall_s while the room was live.",
+                labels=room,
+            ),
+            CounterMetricFamily(
+                "meksd_source_records_dropped",
+                "Records read by a source that was not the active one (not forwarded).",
+                labels=room,
+            ),
+            CounterMetricFamily(
+                "meksd_ingest_backpressure_waits",
+                "Times a source found the ingest queue full and waited.",
+                labels=room,
+            ),
+            CounterMetricFamily(
+                "meksd_ingest_backpressure_seconds",
+                "Seconds sources spent waiting on a full ingest queue.",
+                labels=room,
+            ),
+            GaugeMetricFamily(
+                "meksd_source_active",
+                "1 for the source whose records feed the room now, 0 for the others.",
+                labels=room_source,
             ),
             GaugeMetricFamily(
                 "meksd_source_state",
@@ -401,6 +465,21 @@ class AppCollector:
             ),
             CounterMetricFamily(
                 "meksd_dashboard_bytes_sent", "Bytes sent to dashboards.", labels=[]
+            ),
+            CounterMetricFamily(
+                "meksd_dashboard_refused",
+                "Dashboard handshakes refused, by reason (docs/security.md).",
+                labels=["reason"],
+            ),
+            CounterMetricFamily(
+                "meksd_dashboard_limited",
+                "Limits hit by open dashboard connections, by limit (docs/security.md).",
+                labels=["limit"],
+            ),
+            CounterMetricFamily(
+                "meksd_dashboard_handler_errors",
+                "Dashboard connections closed by an unexpected error in their handler.",
+                labels=[],
             ),
         ]
 

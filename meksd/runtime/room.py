@@ -2,10 +2,13 @@
 
 ::
 
-    source ──raw channel (ingest_queue)──▶ normalizer ──inbox──▶ actor ──▶ RoomFeed
+    sources ──raw channel (ingest_queue)──▶ normalizer ──inbox──▶ actor ──▶ RoomFeed
 
-The raw channel is bounded: when it is full a source's ``send`` blocks, which is
-backpressure on the feed rather than growing memory. A source or actor that fails
+The sources run under a :class:`~meksd.runtime.failover.SourceSelector`: the active
+one feeds the room, preferred ones are retried in the background, a stalled or
+failing one fails over to the next (``docs/sources.md``). The raw channel is
+bounded: when it is full a source's ``send`` blocks, which is backpressure on the
+feed rather than growing memory. A source or actor that fails
 is restarted with backoff; the actor restarts from its last good state (the
 :class:`~meksd.runtime.actor.Owned` value, which is only ever swapped whole). A
 failure in one room never reaches another room or the server.
@@ -16,20 +19,23 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 from loguru import logger
 
 from meksd.config import RoomSettings, room_config
+from meksd.core.failover import Policy
 from meksd.core.normalize import normalize
 from meksd.core.reduce import new_room
 from meksd.model.events import Rejected, Unknown
 from meksd.model.raw import RawRecord
 from meksd.model.state import RoomState
 from meksd.runtime.actor import InboxItem, Owned, Probe, RoomActor
+from meksd.runtime.failover import SourceSelector
 from meksd.runtime.hub import RoomFeed
 from meksd.runtime.ratelimit import LogLimiter
-from meksd.runtime.sources import make_source
+from meksd.runtime.sources import NETWORK_KINDS, Pacing, make_source
 from meksd.runtime.stats import RoomCounters
 
 RESTART_BACKOFF_S = (0.1, 0.5, 2.0, 5.0)
@@ -51,6 +57,7 @@ class Room:
         ring_size: int,
         owned: Owned | None = None,
         feed: RoomFeed | None = None,
+        seq: int = 0,
     ) -> None:
         self.settings = settings
         self.room_id = settings.id
@@ -58,17 +65,35 @@ class Room:
             owned = Owned(new_room(settings.id, new_epoch(), room_config(settings)))
         self.tick_s = tick_s
         self.counters = RoomCounters()
-        self.feed = feed or RoomFeed(owned.state, 0, ring_size=ring_size)
+        # ``seq``: where a restored room's feed goes on (meksd.runtime.store).
+        self.feed = feed or RoomFeed(owned.state, seq, ring_size=ring_size)
         self._owned = owned
         self._actor: RoomActor | None = None
         self._inbox_send: trio.MemorySendChannel[InboxItem] | None = None
+        self.previous: RoomState | None = None
+        """The state of the session the last ``session.reset`` ended (in memory only)."""
+        self.session_hooks: list[Callable[[RoomState], None]] = []
+        """Called with each ended session's state, in the actor's step: must not block."""
         self._raw_receive: trio.MemoryReceiveChannel[RawRecord] | None = None
         self._log = logger.bind(room=self.room_id)
         self._reject_log = LogLimiter(interval_s=10.0)
+        # Sources in failover order; see meksd.runtime.failover and docs/sources.md.
+        pacing = Pacing(ended=self._stream_ended, ended_backoff_s=settings.ended_backoff_s)
         self.sources = [
-            make_source(cfg, room_id=self.room_id, index=i)
+            make_source(cfg, room_id=self.room_id, index=i, pacing=pacing)
             for i, cfg in enumerate(settings.sources)
         ]
+        self.selector = SourceSelector(
+            self.room_id,
+            self.sources,
+            policy=Policy(stall_s=settings.stall_s, failover_after=settings.failover_after),
+            watch=[cfg.kind in NETWORK_KINDS for cfg in settings.sources],
+            live=lambda: self.state.live,
+            counters=self.counters,
+        )
+
+    def _stream_ended(self) -> bool:
+        return self.state.live == "ended"
 
     @property
     def owned(self) -> Owned:
@@ -94,6 +119,16 @@ class Room:
             return False
         return self._actor is None or self._actor.owned.pending.empty
 
+    @property
+    def inbox(self) -> trio.MemorySendChannel[InboxItem] | None:
+        """Where events and operator commands for the actor go (None until running)."""
+        return self._inbox_send
+
+    def _session_ended(self, previous: RoomState) -> None:
+        self.previous = previous
+        for hook in self.session_hooks:
+            hook(previous)
+
     async def probe(self) -> None:
         """Round trip through the actor: returns once it has handled all queued before."""
         if self._inbox_send is None:
@@ -112,14 +147,8 @@ class Room:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._supervise, "actor", self._make_actor_runner(inbox_receive))
             nursery.start_soon(self._normalize, raw_receive, inbox_send)
-            # Issue: several sources with failover is later work; the first one feeds.
             if self.sources:
-                source = self.sources[0]
-                nursery.start_soon(
-                    self._supervise,
-                    f"source {source.name}",
-                    self._make_source_runner(source, raw_send),
-                )
+                nursery.start_soon(self._supervise, "sources", partial(self.selector.run, raw_send))
             self._log.info("room started", event="room_started", sources=len(self.sources))
             task_status.started()
 
@@ -129,19 +158,17 @@ class Room:
         async def run_actor() -> None:
             owned = self.owned
             self._actor = RoomActor(
-                owned, self.feed, inbox, tick_s=self.tick_s, counters=self.counters
+                owned,
+                self.feed,
+                inbox,
+                tick_s=self.tick_s,
+                counters=self.counters,
+                new_epoch=new_epoch,
+                on_session_end=self._session_ended,
             )
             await self._actor.run()
 
         return run_actor
-
-    def _make_source_runner(
-        self, source: object, raw_send: trio.MemorySendChannel[RawRecord]
-    ) -> Callable[[], Awaitable[None]]:
-        async def run_source() -> None:
-            await source.run(raw_send.clone())  # type: ignore[attr-defined]
-
-        return run_source
 
     async def _supervise(
         self,
@@ -181,12 +208,13 @@ class Room:
         """Untrusted input ends here: raw records in, typed events out, never a raise."""
         counters = self.counters
         max_bytes = self.settings.max_record_bytes
+        max_depth = self.settings.max_record_depth
         async for raw in raw_receive:
             counters.records += 1
             counters.last_event_at = raw.received_at
             depth = raw_receive.statistics().current_buffer_used + 1
             counters.ingest_peak = max(counters.ingest_peak, depth)
-            for item in normalize(raw, max_bytes=max_bytes):
+            for item in normalize(raw, max_bytes=max_bytes, max_depth=max_depth):
                 if isinstance(item, Rejected):
                     counters.rejected[item.reason] += 1
                     if self._reject_log.allow(item.reason, trio.current_time()):

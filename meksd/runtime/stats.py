@@ -36,6 +36,18 @@ class RoomCounters:
     """Times the actor failed and was restarted from its last good state."""
     ingest_peak: int = 0
     """Highest number of raw records seen waiting in the ingest channel."""
+    ingest_waits: int = 0
+    """Times a source found the ingest channel full and waited (backpressure)."""
+    ingest_wait_s: float = 0.0
+    """Seconds sources spent waiting on the full ingest channel, in total."""
+    failovers: int = 0
+    """Switches from a failing or stalled source to the next one."""
+    failbacks: int = 0
+    """Switches back to a preferred source that delivers again."""
+    stalls: int = 0
+    """Times the active source stalled (no record for ``stall_s`` while live)."""
+    standby_dropped: int = 0
+    """Records read by a source that was not the active one, not forwarded."""
     last_event_at: float | None = None
     """``trio.current_time()`` of the last record received."""
 
@@ -58,3 +70,10 @@ class DashboardTotals:
     """WebSocket messages sent to dashboards."""
     bytes_sent: int = 0
     """Payload bytes of those messages."""
+    refused: Counter[str] = attrs.field(factory=Counter)
+    """Connections refused at the handshake (or by its timeout), by reason."""
+    limited: Counter[str] = attrs.field(factory=Counter)
+    """Limits hit by open connections (rate, size, auth, subscriptions...), by limit."""
+    errors: int = 0
+    """Connection handlers that failed with an unexpected exception (a bug: the
+    connection was closed, nothing else was affected)."""

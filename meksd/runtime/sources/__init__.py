@@ -8,17 +8,23 @@ source follows the ``Source`` interface in ``base``: a ``name``, an
 from __future__ import annotations
 
 from meksd.config import (
+    HttpPollSourceConfig,
     ReplaySourceConfig,
     SimulatorSourceConfig,
     SourceConfig,
     WebsocketSourceConfig,
 )
-from meksd.runtime.sources.base import Source, SourceState, SourceStatistics
+from meksd.runtime.sources.base import Pacing, RecordSink, Source, SourceState, SourceStatistics
+from meksd.runtime.sources.http_poll import HttpPollSource
 from meksd.runtime.sources.replay import ReplaySource
 from meksd.runtime.sources.simulator import SimulatorSource
 from meksd.runtime.sources.websocket import WebsocketSource
 
 __all__ = [
+    "NETWORK_KINDS",
+    "HttpPollSource",
+    "Pacing",
+    "RecordSink",
     "ReplaySource",
     "SimulatorSource",
     "Source",
@@ -29,11 +35,21 @@ __all__ = [
 ]
 
 
-def make_source(cfg: SourceConfig, *, room_id: str, index: int) -> Source:
-    """The source for ``cfg``, the ``index``-th of room ``room_id``, named ``"<kind>:<index>"``."""
+NETWORK_KINDS = frozenset({"websocket", "http-poll"})
+"""Source kinds that read a network feed: they can stall (see ``docs/sources.md``)."""
+
+
+def make_source(
+    cfg: SourceConfig, *, room_id: str, index: int, pacing: Pacing | None = None
+) -> Source:
+    """The source for ``cfg``, the ``index``-th of room ``room_id``, named
+    ``"<kind>:<index>"``. ``pacing`` (network sources) stretches their waits once the
+    room's stream ended."""
     name = f"{cfg.kind}:{index}"
     if isinstance(cfg, WebsocketSourceConfig):
-        return WebsocketSource(cfg, name=name, room_id=room_id)
+        return WebsocketSource(cfg, name=name, room_id=room_id, pacing=pacing)
+    if isinstance(cfg, HttpPollSourceConfig):
+        return HttpPollSource(cfg, name=name, room_id=room_id, pacing=pacing)
     if isinstance(cfg, ReplaySourceConfig):
         return ReplaySource(cfg, name=name, room_id=room_id)
     if isinstance(cfg, SimulatorSourceConfig):

@@ -7,13 +7,19 @@ backpressure), and never lets bad network or feed conditions escape ``run``: it 
 them and retries with backoff. Errors from the channel itself (the room closed it)
 do propagate: they mean the room is going away.
 
-The caller owns the channel: a source never closes ``send``, so a room can hand the
-same channel to the next source on failover.
+The caller owns the channel: a source never closes ``send``. A room hands each
+source a :class:`RecordSink` of its own (``meksd.runtime.failover``), which forwards
+to the room's channel while that source is the active one; a plain
+``trio.MemorySendChannel`` is a ``RecordSink`` too.
+
+A source paces its retries with its own backoff, stretched by :class:`Pacing` once
+the room's stream has ended, so that an ended room does not hammer its feed.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import attrs
@@ -23,6 +29,8 @@ from meksd.model.raw import RawRecord
 
 __all__ = [
     "Jitter",
+    "Pacing",
+    "RecordSink",
     "Source",
     "SourceMeter",
     "SourceState",
@@ -56,6 +64,18 @@ class SourceStatistics:
     """Why the latest failure happened, for operators; None if none yet."""
 
 
+class RecordSink(Protocol):
+    """Where a source puts what it reads (a ``trio.MemorySendChannel`` is one)."""
+
+    async def send(self, value: RawRecord, /) -> None:
+        """Hand over one record, waiting while the room cannot take it (backpressure).
+
+        Raises ``trio.BrokenResourceError`` or ``trio.ClosedResourceError`` when the
+        room has gone away.
+        """
+        ...
+
+
 class Source(Protocol):
     """One upstream feed of one room."""
 
@@ -66,7 +86,7 @@ class Source(Protocol):
 
     async def run(
         self,
-        send: trio.MemorySendChannel[RawRecord],
+        send: RecordSink,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -86,6 +106,31 @@ class Jitter(Protocol):
     """The part of ``random.Random`` that backoff needs (injectable for tests)."""
 
     def uniform(self, a: float, b: float, /) -> float: ...
+
+
+def _never() -> bool:
+    return False
+
+
+@attrs.frozen
+class Pacing:
+    """How long a source really waits before its next attempt or poll.
+
+    While ``ended()`` is true (the room's stream ended), a source waits at least a
+    delay drawn uniformly from ``[ended_backoff_s / 2, ended_backoff_s]`` instead of
+    its usual pace: an ended room does not hammer its feed, and a restarted stream
+    is still noticed within ``ended_backoff_s``.
+    """
+
+    ended: Callable[[], bool] = _never
+    """Whether the room's stream has ended (read at each wait)."""
+    ended_backoff_s: float = 60.0
+
+    def delay(self, usual: float, rng: Jitter) -> float:
+        """The wait before the next attempt, given the source's ``usual`` one."""
+        if not self.ended():
+            return usual
+        return max(usual, rng.uniform(self.ended_backoff_s / 2, self.ended_backoff_s))
 
 
 def full_jitter_delay(attempt: int, initial: float, maximum: float, rng: Jitter) -> float:
@@ -120,7 +165,7 @@ class SourceMeter:
             source=self.name,
         )
 
-    async def push(self, send: trio.MemorySendChannel[RawRecord], payload: bytes | str) -> None:
+    async def push(self, send: RecordSink, payload: bytes | str) -> None:
         """Stamp ``payload``, wait until the room's channel takes it, then count it.
 
         Waiting here is the backpressure. Channel errors (the room closed its end)

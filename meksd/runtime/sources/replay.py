@@ -30,8 +30,12 @@ import trio
 from loguru import logger
 
 from meksd.config import ReplaySourceConfig
-from meksd.model.raw import RawRecord
-from meksd.runtime.sources.base import SourceMeter, SourceStatistics, full_jitter_delay
+from meksd.runtime.sources.base import (
+    RecordSink,
+    SourceMeter,
+    SourceStatistics,
+    full_jitter_delay,
+)
 
 __all__ = ["ReplaySource", "line_ts", "suffix_ids"]
 
@@ -132,7 +136,7 @@ class ReplaySource:
 
     async def run(
         self,
-        send: trio.MemorySendChannel[RawRecord],
+        send: RecordSink,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -169,7 +173,7 @@ class ReplaySource:
             records=self._meter.records,
         )
 
-    async def _play(self, send: trio.MemorySendChannel[RawRecord], pass_no: int) -> int:
+    async def _play(self, send: RecordSink, pass_no: int) -> int:
         """One pass over the file; returns the number of lines pushed."""
         cfg = self._config
         suffix = f"~{pass_no}" if pass_no > 1 and cfg.loop_suffix_ids else None

@@ -18,8 +18,7 @@ import trio
 from loguru import logger
 
 from meksd.config import SimulatorSourceConfig
-from meksd.model.raw import RawRecord
-from meksd.runtime.sources.base import SourceMeter, SourceStatistics
+from meksd.runtime.sources.base import RecordSink, SourceMeter, SourceStatistics
 from meksd.runtime.sources.feedgen import FeedGenerator
 
 __all__ = ["SimulatorSource"]
@@ -53,7 +52,7 @@ class SimulatorSource:
 
     async def run(
         self,
-        send: trio.MemorySendChannel[RawRecord],
+        send: RecordSink,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:

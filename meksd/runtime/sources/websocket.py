@@ -6,6 +6,8 @@ backoff and full jitter (a delay drawn uniformly from ``[0, min(backoff_max_s,
 backoff_initial_s · 2^n)]`` after the n-th consecutive failure) and connects again.
 A connection that delivered at least one message resets ``n`` to 0, so a relay that
 restarts now and then is rejoined quickly while one that is down is not hammered.
+Once the room's stream ended, :class:`~meksd.runtime.sources.base.Pacing` stretches
+every delay to 30-60 s (``ended_backoff_s``).
 
 ``connect_timeout_s`` bounds TCP connect, TLS and the WebSocket handshake together.
 
@@ -33,8 +35,14 @@ from trio_websocket import (
 )
 
 from meksd.config import WebsocketSourceConfig
-from meksd.model.raw import RawRecord
-from meksd.runtime.sources.base import Jitter, SourceMeter, SourceStatistics, full_jitter_delay
+from meksd.runtime.sources.base import (
+    Jitter,
+    Pacing,
+    RecordSink,
+    SourceMeter,
+    SourceStatistics,
+    full_jitter_delay,
+)
 
 __all__ = ["WebsocketSource"]
 
@@ -82,10 +90,13 @@ class WebsocketSource:
         room_id: str = "",
         rng: Jitter | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
         """``rng`` draws the backoff jitter (injectable for tests); ``ssl_context``
-        is used for ``wss://`` (default: the system's trust store)."""
+        is used for ``wss://`` (default: the system's trust store); ``pacing``
+        stretches reconnect delays once the room's stream ended."""
         self._config = config
+        self._pacing = pacing if pacing is not None else Pacing()
         self._target = _Target.from_url(config.url)
         self._meter = SourceMeter(name)
         self._rng: Jitter = rng if rng is not None else random.Random()
@@ -102,7 +113,7 @@ class WebsocketSource:
 
     async def run(
         self,
-        send: trio.MemorySendChannel[RawRecord],
+        send: RecordSink,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -122,6 +133,7 @@ class WebsocketSource:
             if self._meter.records > records_before:
                 attempt = 0
             delay = full_jitter_delay(attempt, cfg.backoff_initial_s, cfg.backoff_max_s, self._rng)
+            delay = self._pacing.delay(delay, self._rng)
             attempt += 1
             self._meter.state = "backoff"
             self._log.bind(event="source_backoff").warning(
@@ -132,7 +144,7 @@ class WebsocketSource:
             )
             await trio.sleep(delay)
 
-    async def _connect_and_read(self, send: trio.MemorySendChannel[RawRecord]) -> str:
+    async def _connect_and_read(self, send: RecordSink) -> str:
         """One connection's life; returns why it ended."""
         deadline = trio.current_time() + self._config.connect_timeout_s
         try:
@@ -163,9 +175,7 @@ class WebsocketSource:
             target.host, target.port, ssl_context=context, https_compatible=True
         )
 
-    async def _session(
-        self, stream: _Stream, send: trio.MemorySendChannel[RawRecord], deadline: float
-    ) -> str:
+    async def _session(self, stream: _Stream, send: RecordSink, deadline: float) -> str:
         cfg = self._config
         async with trio.open_nursery() as nursery:
             try:

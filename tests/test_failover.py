@@ -1,0 +1,307 @@
+"""Rooms with several sources against local fake feeds (real sockets on 127.0.0.1):
+stall and failure failover, failback, re-sent history, stream end and pause,
+backpressure accounting."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import trio
+import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from meksd.core.failover import Policy
+from meksd.model.raw import RawRecord
+from meksd.runtime.failover import SourceSelector
+from meksd.runtime.health import room_readiness
+from meksd.runtime.metrics import Metrics
+from meksd.runtime.sources.base import SourceMeter, SourceStatistics
+from meksd.runtime.stats import RoomCounters
+from tests.fakefeeds import Upstream, room_from_toml, wait_for
+
+WS_AND_POLL = """
+[[rooms]]
+id = "alice"
+stall_s = {stall_s}
+failover_after = 2
+ended_backoff_s = 60
+
+[[rooms.sources]]
+kind = "websocket"
+url = "ws://127.0.0.1:{port}/feed"
+backoff_initial_s = 0.1
+backoff_max_s = 1.0
+
+[[rooms.sources]]
+kind = "http-poll"
+url = "http://127.0.0.1:{poll_port}/poll"
+poll_ms = 200
+backoff_initial_s = 0.1
+backoff_max_s = 1.0
+"""
+
+
+async def test_silent_websocket_fails_over_to_poll_within_stall_s_and_back_losing_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Accepted-then-silent WebSocket -> http-poll within stall_s; back when it speaks
+    again; the totals equal exactly what the feed sent (nothing lost, nothing twice)."""
+    stall_s = 5.0
+    up = Upstream()
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            port = await up.serve(nursery)
+            room = room_from_toml(WS_AND_POLL.format(stall_s=stall_s, port=port, poll_port=port))
+            await nursery.start(room.run)
+            nursery.start_soon(up.produce, 20.0, 60.0)
+            ws = room.sources[0]
+
+            await trio.sleep(10)
+            assert room.selector.active == 0 and up.polls == []
+            up.silence()
+            silent_at = trio.current_time()
+            last_ws = ws.statistics().last_record_at
+            assert last_ws is not None and last_ws <= silent_at
+
+            await wait_for(lambda: room.selector.active == 1, every=0.01)
+            switched_at = trio.current_time()
+            assert switched_at - last_ws <= stall_s + 0.02
+            assert room.counters.failovers == 1 and room.counters.stalls == 1
+            readiness = room_readiness(room, switched_at + 1)
+            assert readiness.ready is False or "http-poll:1" in readiness.reason
+            await trio.sleep(10)
+            assert up.polls, "the poll source took over"
+            assert room_readiness(room, trio.current_time()).reason.startswith(
+                "delivering via http-poll:1"
+            )
+
+            up.speak()
+            await wait_for(lambda: room.selector.active == 0, every=0.01)
+            assert room.counters.failbacks == 1
+            polls_at_failback = len(up.polls)
+            await trio.sleep(5)
+            assert len(up.polls) <= polls_at_failback + 1  # the poll source stopped
+            assert room.selector.running() == frozenset({0})
+
+            await wait_for(lambda: trio.current_time() > 61)  # the feed is done
+            await wait_for(lambda: up.expected.matches(room.state.totals) and room.actor_idle())
+            nursery.cancel_scope.cancel()
+
+    totals = room.state.totals
+    assert totals.diamonds == up.expected.diamonds > 0
+    assert sum(row.diamonds for row in room.state.leaderboard.values()) == totals.diamonds
+    assert room.counters.duplicates > 0  # both sources and the replay overlapped
+    assert room.counters.failovers == 1 and room.counters.failbacks == 1
+
+
+async def test_a_feed_that_resends_its_last_50_on_every_reconnect_counts_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Connections dropped every 80 messages, each reconnect replaying the last 50 first:
+    totals unchanged."""
+    up = Upstream(replay=50)
+    up.close_after = 80
+    config = """
+[[rooms]]
+id = "bob"
+[[rooms.sources]]
+kind = "websocket"
+url = "ws://127.0.0.1:{port}/feed"
+backoff_initial_s = 0.05
+backoff_max_s = 0.2
+"""
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            port = await up.serve(nursery)
+            room = room_from_toml(config.format(port=port))
+            await nursery.start(room.run)
+            await up.produce(25.0, 40.0)
+            await wait_for(lambda: up.expected.matches(room.state.totals) and room.actor_idle())
+            await trio.sleep(5)  # and it stays right while reconnects go on
+            nursery.cancel_scope.cancel()
+    assert up.expected.matches(room.state.totals)
+    assert len(up.ws_connects) > 20
+    assert room.counters.duplicates >= 20 * 40  # each reconnect re-sent what it had seen
+
+
+async def test_refused_websocket_fails_over_after_failover_after_attempts_and_fails_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Handshakes refused twice in a row: the poll source takes over; the WebSocket,
+    retried in the background, is taken back once it delivers."""
+    up = Upstream()
+    accepting = False
+
+    async def relay(request: WebSocketRequest) -> None:
+        if not accepting:
+            await request.reject(503)
+            return
+        ws = await request.accept()
+        await up._handle_ws(request, ws)  # type: ignore[arg-type]
+
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            poll_port = await up.serve(nursery)
+            server = await nursery.start(serve_websocket, relay, "127.0.0.1", 0, None)
+            room = room_from_toml(
+                WS_AND_POLL.format(stall_s=20, port=server.port, poll_port=poll_port)
+            )
+            nursery.start_soon(up.produce, 10.0, 30.0)
+            await nursery.start(room.run)
+            await wait_for(lambda: room.selector.active == 1, every=0.01)
+            assert room.counters.failovers == 1 and room.counters.stalls == 0
+            assert room.sources[0].statistics().failures >= 2  # seen every CHECK_S
+            assert trio.current_time() < 5  # failures, not a stall
+            await trio.sleep(5)
+            accepting = True
+            await wait_for(lambda: room.selector.active == 0)
+            await wait_for(lambda: trio.current_time() > 31)
+            await wait_for(lambda: up.expected.matches(room.state.totals) and room.actor_idle())
+            nursery.cancel_scope.cancel()
+    assert room.counters.failbacks == 1
+
+
+async def test_stream_end_ends_the_room_without_a_reconnect_storm(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After streamEnd the relay hangs up on every connect: the room is ended and ready,
+    reconnects come ended_backoff_s/2..ended_backoff_s apart, and nothing fails over."""
+    up = Upstream(replay=0)
+    with trio.fail_after(1000):
+        async with trio.open_nursery() as nursery:
+            port = await up.serve(nursery)
+            room = room_from_toml(WS_AND_POLL.format(stall_s=5, port=port, poll_port=port))
+            await nursery.start(room.run)
+            await wait_for(lambda: bool(up.ws_connects), every=0.01)
+            for n in range(20):
+                up.mixed(n)
+            up.emit("streamEnd", {})
+            await wait_for(lambda: room.state.live == "ended")
+            up.hang_up = True
+            up.close_after = 0  # the connection in place closes too
+            up.emit("roomUser", {"viewerCount": 3})  # wakes the open connection to close it
+            ended_at = trio.current_time()
+            await trio.sleep(600)
+            attempts = [t for t in up.ws_connects if t > ended_at]
+            readiness = room_readiness(room, trio.current_time())
+            nursery.cancel_scope.cancel()
+    assert room.state.live == "ended"
+    assert 8 <= len(attempts) <= 600 / 30 + 2  # ~1 a minute; 0.1..1 s backoff would be ~1000
+    assert room.counters.failovers == 0
+    assert up.polls == []  # the fallback was never started
+    assert (readiness.ready, readiness.reason) == (True, "stream ended")
+
+
+async def test_a_paused_stream_is_silent_without_failing_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """controlMessage action 1 pauses the room: long silence is no stall; action 2 resumes."""
+    up = Upstream()
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            port = await up.serve(nursery)
+            room = room_from_toml(WS_AND_POLL.format(stall_s=5, port=port, poll_port=port))
+            await nursery.start(room.run)
+            up.chat(1)
+            up.emit("controlMessage", {"action": 1})
+            await wait_for(lambda: room.state.live == "paused")
+            up.chat(2)  # viewers chat on while the LIVE is paused
+            await trio.sleep(60)
+            assert room.state.live == "paused"
+            assert room.counters.failovers == 0 and room.counters.stalls == 0
+            readiness = room_readiness(room, trio.current_time())
+            assert (readiness.ready, readiness.reason) == (True, "stream paused")
+            up.emit("controlMessage", {"action": "CONTROL_ACTION_STREAM_UNPAUSED"})
+            await wait_for(lambda: room.state.live == "live")
+            # Live again: silence is a stall once more.
+            await wait_for(lambda: room.counters.stalls == 1)
+            nursery.cancel_scope.cancel()
+    assert room.state.totals.comments == 2
+
+
+class _Burst:
+    """A source that pushes ``count`` records as fast as the room takes them."""
+
+    def __init__(self, count: int) -> None:
+        self._meter = SourceMeter("burst:0")
+        self.count = count
+
+    @property
+    def name(self) -> str:
+        return self._meter.name
+
+    def statistics(self) -> SourceStatistics:
+        return self._meter.snapshot()
+
+    async def run(self, send: object, *, task_status: object = None) -> None:
+        self._meter.state = "connected"
+        for i in range(self.count):
+            await self._meter.push(send, f"r{i}".encode())  # type: ignore[arg-type]
+        await trio.sleep_forever()
+
+
+async def test_a_full_ingest_channel_blocks_the_source_and_the_wait_is_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With nobody reading, the source stops at capacity; the time blocked and the peak
+    depth are counted; reading lets it finish, in order."""
+    counters = RoomCounters()
+    source = _Burst(5)
+    selector = SourceSelector(
+        "r",
+        [source],
+        policy=Policy(stall_s=20, failover_after=2),
+        watch=[False],
+        live=lambda: "live",
+        counters=counters,
+    )
+    send, receive = trio.open_memory_channel[RawRecord](2)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(selector.run, send)
+            await trio.sleep(3)
+            assert source.statistics().records == 2  # stopped reading at capacity
+            assert counters.ingest_waits == 1 and counters.ingest_peak == 2
+            got = [await receive.receive() for _ in range(5)]
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    assert [r.payload for r in got] == [f"r{i}".encode() for i in range(5)]
+    assert counters.ingest_wait_s == pytest.approx(3.0, abs=0.01)
+    assert counters.ingest_waits >= 2  # later records waited for their slots too
+
+
+async def test_failover_metrics_are_exposed(autojump_clock: trio.testing.MockClock) -> None:
+    """meksd_source_failovers_total and friends show the room's counters; the active
+    source is marked."""
+    up = Upstream()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            port = await up.serve(nursery)
+            room = room_from_toml(WS_AND_POLL.format(stall_s=3, port=port, poll_port=port))
+            await nursery.start(room.run)
+            up.chat(1)
+            up.silence()
+            await wait_for(lambda: room.selector.active == 1)
+            room.counters.ingest_wait_s = 1.5
+            app = SimpleNamespace(
+                rooms={"alice": room},
+                dashboards=SimpleNamespace(dashboards=[], accepted=0, rejected=0),
+            )
+            exposition = Metrics(app, process_collectors=False).exposition()  # type: ignore[arg-type]
+            nursery.cancel_scope.cancel()
+    found = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(exposition.decode())
+        for s in family.samples
+    }
+    room_label = frozenset({("room", "alice")})
+    assert found[("meksd_source_failovers_total", room_label)] == 1
+    assert found[("meksd_source_stalls_total", room_label)] == 1
+    assert found[("meksd_source_failbacks_total", room_label)] == 0
+    assert found[("meksd_ingest_backpressure_seconds_total", room_label)] == 1.5
+    assert found[("meksd_source_active", room_label | {("source", "http-poll:1")})] == 1
+    assert found[("meksd_source_active", room_label | {("source", "websocket:0")})] == 0
+    assert math.isfinite(found[("meksd_ingest_backpressure_waits_total", room_label)])
