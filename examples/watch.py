@@ -1,6 +1,7 @@
 """A minimal dashboard: subscribe to a room and print its leaderboard as it changes.
 
     python examples/watch.py demo [ws://127.0.0.1:8765/ws]
+    python examples/watch.py alice "ws://meksd.lan:8765/ws?token=meks_..."   # with a token
 
 It applies deltas with meksd's reference client (``meksd.core.wire.apply_delta``)
 and resumes with ``since`` after a reconnect, as any dashboard should.

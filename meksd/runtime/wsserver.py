@@ -14,13 +14,19 @@ is allocated for a dashboard. A refusal is an HTTP status with a body saying why
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import Counter
 from typing import Any
 
 import trio
 from loguru import logger
-from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
 
 from meksd.access_config import AuthConfig, access_policy
 from meksd.config import ServerConfig, parse_listen
@@ -187,8 +193,9 @@ class DashboardServer:
                     log.info("dashboard disconnected", event="conn_close", sent=dash.messages_sent)
                 ws_tasks.cancel_scope.cancel()
         except Exception as exc:  # one connection's failure is that connection's only
-            if not opened:  # a handshake trio-websocket could not parse (hostile bytes)
-                self._refused("bad_handshake", address, 400, log)
+            if not opened:  # hostile bytes trio-websocket could not parse, or the client left
+                gone = _is_disconnect(exc)
+                self._refused("abandoned" if gone else "bad_handshake", address, 400, log)
             else:
                 self.totals.errors += 1
                 if self._log_limiter.allow("conn_error", trio.current_time()):
@@ -224,7 +231,8 @@ class DashboardServer:
         if isinstance(verdict, Refuse):
             self.rejected += 1
             self._refused(verdict.reason, address, verdict.status, log)
-            await request.reject(verdict.status, body=f"{verdict.message}\n".encode())
+            with contextlib.suppress(*_DISCONNECTS):  # it left before reading the answer
+                await request.reject(verdict.status, body=f"{verdict.message}\n".encode())
             return None
         return await request.accept(), verdict
 
@@ -253,6 +261,16 @@ class DashboardServer:
         self.dashboards.discard(dash)
         if not self.dashboards:
             self._idle.set()
+
+
+_DISCONNECTS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every exception in a group) only says the client went away."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_disconnect(inner) for inner in exc.exceptions)
+    return isinstance(exc, _DISCONNECTS)
 
 
 def _peer_address(stream: trio.SocketStream) -> str:
