@@ -199,7 +199,7 @@ async def test_reload_revokes_removed_tokens() -> None:
 
 async def test_rate_limit_refuses_then_closes_a_flood() -> None:
     """Beyond the burst: rate_limited errors; a sustained flood: close 1008."""
-    config = make_config(tokens=False, server="max_messages_per_s = 1.0\nmessage_burst = 3")
+    config = make_config(tokens=False, server="max_messages_per_s = 0.01\nmessage_burst = 3")
     with trio.fail_after(10):
         async with running_app(config) as app:
             async with open_dashboard(ws_url(app)) as ws:

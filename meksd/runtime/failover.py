@@ -170,10 +170,12 @@ class SourceSelector:
             self._decide(on_tick(self._selection, now, self.policy, live))
 
     def _check_failures(self, now: float, live: LiveStatus) -> None:
+        """Report failures the sources counted since the last check, except those a
+        record followed (the source recovered before we looked: not "in a row")."""
         for i, source in enumerate(self.sources):
-            failures = source.statistics().failures
-            new, self._seen_failures[i] = failures - self._seen_failures[i], failures
-            for _ in range(max(0, new)):
+            stats = source.statistics()
+            new, self._seen_failures[i] = stats.failures - self._seen_failures[i], stats.failures
+            for _ in range(max(0, min(new, stats.failures_in_a_row))):
                 assert self._selection is not None
                 self._decide(on_failure(self._selection, i, now, self.policy, live))
 

@@ -62,6 +62,8 @@ class SourceStatistics:
     """``trio.current_time()`` when the latest record was read; None before the first."""
     last_error: str | None
     """Why the latest failure happened, for operators; None if none yet."""
+    failures_in_a_row: int = 0
+    """Failures since the source last read a record (0 right after one)."""
 
 
 class RecordSink(Protocol):
@@ -153,11 +155,13 @@ class SourceMeter:
     failures: int = 0
     last_record_at: float | None = None
     last_error: str | None = None
+    failures_in_a_row: int = 0
 
     def stamp(self, payload: bytes | str) -> RawRecord:
         """Wrap ``payload`` as read now (and note the time as ``last_record_at``)."""
         now = trio.current_time()
         self.last_record_at = now
+        self.failures_in_a_row = 0
         return RawRecord(
             payload=payload,
             received_at=now,
@@ -178,6 +182,7 @@ class SourceMeter:
         """Count a failure and remember why."""
         self.failures += 1
         self.last_error = reason
+        self.failures_in_a_row += 1
 
     def snapshot(self) -> SourceStatistics:
         """The counters as a frozen record."""
@@ -189,4 +194,5 @@ class SourceMeter:
             failures=self.failures,
             last_record_at=self.last_record_at,
             last_error=self.last_error,
+            failures_in_a_row=self.failures_in_a_row,
         )
