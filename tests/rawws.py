@@ -129,9 +129,23 @@ class RawClient:
 
 
 @asynccontextmanager
-async def open_raw(port: int) -> AsyncIterator[RawClient]:
-    """A raw TCP connection to 127.0.0.1:``port``, always closed on exit."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+async def open_raw(port: int, *, rcvbuf: int | None = None) -> AsyncIterator[RawClient]:
+    """A raw TCP connection to 127.0.0.1:``port``, always closed on exit.
+
+    ``rcvbuf`` shrinks the receive buffer before connecting (a small window), so that
+    a client that stops reading fills the server's socket soon.
+    """
+    if rcvbuf is None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    else:
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
+        try:
+            await sock.connect(("127.0.0.1", port))
+        except BaseException:
+            sock.close()
+            raise
+        stream = trio.SocketStream(sock)
     try:
         yield RawClient(stream)
     finally:

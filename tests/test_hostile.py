@@ -24,7 +24,7 @@ from meksd.core.access import hash_token
 from meksd.core.wire import snapshot_message
 from meksd.runtime.app import App
 from meksd.runtime.dashboard import Dashboard
-from meksd.runtime.tcpstream import FrameGuardStream
+from meksd.runtime.wsconn import WsConnection
 from tests.rawws import BINARY, TEXT, RawClosed, open_raw
 from tests.secsupport import wait_until
 from tests.support import DashClient, open_dashboard, serve_feed
@@ -151,10 +151,7 @@ async def test_hostile_mix_during_a_burst() -> None:
 
             async def never_reads(*, task_status: trio.TaskStatus[None]) -> None:
                 nonlocal stuck_ready
-                async with open_raw(ws_port) as raw:
-                    raw.stream.socket.setsockopt(
-                        trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096
-                    )
+                async with open_raw(ws_port, rcvbuf=4096) as raw:
                     await raw.handshake(ws_port, headers=[("Authorization", f"Bearer {TOKEN}")])
                     await raw.send_text('{"type": "subscribe", "room": "r1"}')
                     stuck_ready += 1
@@ -228,6 +225,8 @@ async def test_hostile_mix_during_a_burst() -> None:
                     lambda: all(c.views["r1"].seq >= final_seq for c in good), poll_s=0.02
                 )
                 server_state = snapshot_message(room.feed.state, room.feed.seq)["state"]
+                # A stuck dashboard is closed send_timeout_s after its socket filled.
+                await wait_until(lambda: app.dashboards.totals.limited["send_timeout"] >= 1)
                 stuck_killed = app.dashboards.totals.limited["send_timeout"]
                 clients.cancel_scope.cancel()
 
@@ -238,7 +237,7 @@ async def test_hostile_mix_during_a_burst() -> None:
             assert app.dashboards.totals.errors == 0, "a connection handler failed"
             assert await app.healthy(), "the rooms still answer"
             gc.collect()
-            assert not [o for o in gc.get_objects() if isinstance(o, Dashboard | FrameGuardStream)]
+            assert not [o for o in gc.get_objects() if isinstance(o, Dashboard | WsConnection)]
 
             # a second crowd must not grow memory: what each connection took is returned
             async def visit(i: int) -> None:

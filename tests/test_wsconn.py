@@ -21,7 +21,6 @@ from wsproto.events import (
 
 from meksd.runtime.wsconn import ConnectionGone, WsConnection, text_frame
 
-
 OPEN: list[socket.socket] = []
 
 
@@ -123,7 +122,7 @@ async def test_a_peer_that_stops_reading_is_killed_after_send_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A drain that makes no progress for send_timeout_s kills the connection and frees its buffer."""
-    server, client = await connected(send_timeout_s=3)
+    server, _client = await connected(send_timeout_s=3)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.run_writer)
         for _ in range(50):

@@ -105,6 +105,9 @@ class App:
         self._room_scopes[room.room_id] = scope
         if feed is None:
             self.hub.add(room.feed)
+            histogram = self.metrics.delivery_latency.labels(room.room_id)
+            # Live dashboards are all written in the publishing step: one observation.
+            room.feed.on_delivered = lambda t: histogram.observe(trio.current_time() - t)
 
         async def run_room(*, task_status: trio.TaskStatus[None]) -> None:
             with scope:

@@ -1,33 +1,36 @@
-"""One dashboard connection: a reader task, a writer task per subscribed room, a heartbeat.
+"""One dashboard connection: a reader, a pump for rooms that are behind, a heartbeat.
 
-Every send goes through :meth:`Dashboard.send`, which is shielded from outside
-cancellation and bounded by ``send_timeout_s``. trio's ``send_all`` may have written
-part of a frame when it is interrupted, so a send that fails or times out *kills* the
-connection: a close frame (1013) is sent only if no byte of any cut frame went out
-(:class:`~meksd.runtime.tcpstream.FrameGuardStream` knows), then the socket is reset,
-freeing its buffers. The client reconnects and resumes with ``since``. Unsubscribing
-or shutting down cancels a writer only at its waits, never in the middle of a frame.
+Output goes through the connection's :class:`~meksd.runtime.wsconn.WsConnection`,
+which writes whole frames to the socket at once and keeps what the kernel refuses in
+its ``out`` buffer, drained by its own writer task. Nothing here awaits a send: a
+frame is either written or queued whole, so no cancellation can tear one, and a
+dashboard that stops reading is killed (and its socket reset, freeing its buffers)
+when its buffer makes no progress for ``send_timeout_s``.
+
+Each subscription is a :class:`Subscription`: a cursor into the room's
+:class:`~meksd.runtime.hub.RoomFeed`. While it is *live* (caught up, nothing waiting
+on its socket) the feed writes each new delta frame to it directly when it publishes:
+one non-blocking ``send`` per dashboard, no task wake-up. When the socket cannot take
+a frame, the subscription leaves the live set and this dashboard's *pump* catches it
+up from the ring once the socket drains — several deltas in one message, or
+``lagged`` then a snapshot if its cursor fell off the ring — then makes it live again
+in the same synchronous step that finds it caught up.
 
 The reader is the gate for what a client sends (``docs/security.md``): the message
 rate (``rate_limited``; sustained, 1008), authentication (before a valid token only
 ``hello`` and ``ping`` are answered; none within ``auth_timeout_s``: 1008) and room
 scope (``forbidden``). :attr:`Dashboard.role`, :attr:`Dashboard.rooms` and
 :meth:`Dashboard.can_command` say what the connection may do.
-
-Writers never get a channel of their own: each keeps a cursor into the room's
-:class:`~meksd.runtime.hub.RoomFeed` ring and sends everything after it in one
-message. A cursor that fell off the ring gets ``lagged`` then a snapshot.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
+import os
 
 import orjson
 import trio
 from loguru import logger
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from meksd import __version__
 from meksd.config import ServerConfig
@@ -35,17 +38,48 @@ from meksd.core.access import OPEN_GRANT, Grant, Role, authenticate
 from meksd.core.limits import RateLimit, new_gate, pass_message
 from meksd.core.protocol import from_wire
 from meksd.model.commands import CommandResult
-from meksd.model.wire import Command, Hello, Ping, ProtocolError, Since, Subscribe, Unsubscribe
+from meksd.model.wire import Command, Hello, Ping, ProtocolError, Subscribe, Unsubscribe
 from meksd.runtime.access import Access
 from meksd.runtime.commands import CommandRouter, ack_message, answer_command
 from meksd.runtime.histogram import HistogramFamily
 from meksd.runtime.hub import Hub, RoomFeed
 from meksd.runtime.stats import DashboardTotals
-from meksd.runtime.tcpstream import FrameGuardStream
+from meksd.runtime.wsconn import ConnectionGone, WsConnection
 
 PROTOCOL = "meks.v1"
 MAX_DELTAS_PER_MESSAGE = 256
 CLOSE_TIMEOUT_S = 2.0
+
+
+class Subscription:
+    """One room of one dashboard: where the dashboard is in the room's history."""
+
+    __slots__ = ("cursor", "dash", "epoch", "feed", "live")
+
+    def __init__(self, dash: Dashboard, feed: RoomFeed, epoch: str | None, cursor: int) -> None:
+        self.dash = dash
+        self.feed = feed
+        self.epoch = epoch
+        """The epoch the client holds; None until it has a snapshot."""
+        self.cursor = cursor
+        """The last seq the client has (been sent)."""
+        self.live = False
+
+    def deliver(self, seq: int, frame: bytes) -> bool:
+        """Called by the feed as it publishes ``seq``. Synchronous."""
+        conn = self.dash.conn
+        if conn.out or conn.dead:
+            self.unlive()
+            return False
+        conn.send_frame_nowait(frame)
+        self.cursor = seq
+        self.dash.count_sent(len(frame))
+        return True
+
+    def unlive(self) -> None:
+        """Leave the live set's path: the pump looks at this subscription again."""
+        self.live = False
+        self.dash.wake()
 
 
 class Dashboard:
@@ -53,8 +87,7 @@ class Dashboard:
 
     def __init__(
         self,
-        ws: WebSocketConnection,
-        stream: trio.abc.Stream,
+        conn: WsConnection,
         hub: Hub,
         config: ServerConfig,
         *,
@@ -65,8 +98,7 @@ class Dashboard:
         grant: Grant | None = OPEN_GRANT,
         access: Access | None = None,
     ) -> None:
-        self.ws = ws
-        self.stream = stream
+        self.conn = conn
         self.hub = hub
         self.config = config
         self.conn_id = conn_id
@@ -79,17 +111,14 @@ class Dashboard:
         self._rate = RateLimit(config.max_messages_per_s, config.message_burst)
         self._gate = new_gate(self._rate, trio.current_time())
         self._auth_scope = trio.CancelScope()
-        self._kill_close: tuple[int, str] | None = None
-        self._reset = False
-        self.subscriptions: dict[str, trio.CancelScope] = {}
+        self.subscriptions: dict[str, Subscription] = {}
         self.messages_sent = 0
         self.bytes_sent = 0
         self.lagged = 0
         self.snapshots = 0
         self._scope = trio.CancelScope()
-        self._close_code = 1000
-        self._close_reason = ""
-        self._dead = False
+        self._close: tuple[int, str] = (1000, "")
+        self._pump_wake = trio.Event()
         self._log = logger.bind(conn=conn_id)
 
     # --- access -----------------------------------------------------------------
@@ -135,7 +164,7 @@ class Dashboard:
         with self._auth_scope:
             await trio.sleep(timeout)
             self._limited("auth_timeout")
-            await self.send_error("unauthorized", f"no valid token within {timeout:g}s")
+            self.send_error("unauthorized", f"no valid token within {timeout:g}s")
             self.close(1008, "authentication timeout")
 
     # --- lifecycle --------------------------------------------------------------
@@ -145,109 +174,76 @@ class Dashboard:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
+                    nursery.start_soon(self.conn.run_writer)
+                    nursery.start_soon(self._pump)
                     nursery.start_soon(self._heartbeat)
                     if self.grant is None:
                         nursery.start_soon(self._auth_deadline)
-                    await self.send_json(self._welcome())
+                    self.send_json(self._welcome())
                     await self._read()
                     nursery.cancel_scope.cancel()
         finally:
-            await self._finish()
+            for sub in self.subscriptions.values():
+                sub.feed.leave(sub)
+            self.subscriptions.clear()
+            with trio.CancelScope(shield=True):
+                if not self.conn.dead:
+                    code, reason = self._close
+                    await self.conn.aclose(code, reason, timeout=CLOSE_TIMEOUT_S)
+                self.conn.kill("closed")
 
     def close(self, code: int, reason: str) -> None:
-        """Ask for a graceful close (used by shutdown: 1001). Synchronous."""
-        if not self._dead:
-            self._close_code = code
-            self._close_reason = reason
+        """Ask for a graceful close (shutdown: 1001; revoked: 1008). Synchronous."""
+        self._close = (code, reason)
         self._scope.cancel()
 
-    def kill(self, why: str, close: tuple[int, str] | None = None) -> None:
-        """Drop the connection at once: its stream can no longer be trusted.
-
-        With ``close``, a close frame with that code and reason is attempted first,
-        if the stream is still at a frame boundary (no cut frame went out). Then the
-        socket is reset, so that the kernel frees what the client did not read.
-        """
-        if not self._dead:
-            self._dead = True
-            self._reset = True
-            self._kill_close = close
+    def kill(self, why: str) -> None:
+        """Drop the connection at once (no close frame). Synchronous."""
+        if not self.conn.dead:
             self.totals.killed += 1
             self._log.info("dashboard connection killed: {why}", why=why, event="conn_killed")
+            self.conn.kill(why, reset=True)
         self._scope.cancel()
 
-    async def _finish(self) -> None:
-        with trio.CancelScope(shield=True):
-            stream = self.stream
-            intact = isinstance(stream, FrameGuardStream) and not stream.torn
-            if self._dead and self._kill_close is not None and intact:
-                code, reason = self._kill_close
-            elif not self._dead:
-                code, reason = self._close_code, self._close_reason
-            else:
-                code, reason = 0, ""
-            if code and self.ws.closed is None:
-                with trio.move_on_after(CLOSE_TIMEOUT_S):
-                    with contextlib.suppress(Exception):  # closing a broken peer
-                        await self.ws.aclose(code, reason or None)
-            if self._reset and isinstance(stream, FrameGuardStream):
-                await stream.abort()  # reset: free what the client never read
-            else:
-                await trio.aclose_forcefully(stream)
+    # --- sending (never awaits) -------------------------------------------------------
 
-    # --- sending ----------------------------------------------------------------
+    def count_sent(self, n: int) -> None:
+        self.messages_sent += 1
+        self.bytes_sent += n
+        self.totals.messages_sent += 1
+        self.totals.bytes_sent += n
 
-    async def send(self, body: bytes) -> None:
-        """Send one text message. Never torn: a failure kills the connection.
+    def send(self, body: bytes) -> None:
+        """Queue one text message (written now if the socket takes it)."""
+        self.conn.send_text_nowait(body)
+        self.count_sent(len(body))
 
-        Shielded so that unsubscribe or shutdown cannot interrupt a frame; bounded by
-        ``send_timeout_s``. If the send fails, the connection is killed and this
-        raises ``trio.Cancelled`` at the checkpoint that follows.
-        """
-        if not self._dead:
-            try:
-                with trio.CancelScope(shield=True), trio.fail_after(self.config.send_timeout_s):
-                    await self.ws.send_message(body.decode())
-            except trio.TooSlowError:
-                timeout = self.config.send_timeout_s
-                self._limited("send_timeout")
-                self.kill(
-                    f"send took longer than {timeout:g}s",
-                    close=(1013, f"send timeout: the dashboard did not read for {timeout:g}s"),
-                )
-            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                self.kill("peer went away during send")
-            else:
-                self.messages_sent += 1
-                self.bytes_sent += len(body)
-                self.totals.messages_sent += 1
-                self.totals.bytes_sent += len(body)
-        await trio.lowlevel.checkpoint()
+    def send_json(self, message: dict[str, object]) -> None:
+        self.send(orjson.dumps(message))
 
-    async def send_json(self, message: dict[str, object]) -> None:
-        await self.send(orjson.dumps(message))
-
-    async def send_error(self, code: str, message: str, **extra: object) -> None:
-        await self.send_json({"type": "error", "code": code, "message": message, **extra})
+    def send_error(self, code: str, message: str, **extra: object) -> None:
+        self.send_json({"type": "error", "code": code, "message": message, **extra})
 
     # --- reading ----------------------------------------------------------------
 
     async def _read(self) -> None:
         while True:
             try:
-                data = await self.ws.get_message()
-            except ConnectionClosed as exc:
-                code = exc.reason.code if exc.reason is not None else None
+                data = await self.conn.next_message()
+            except ConnectionGone:
+                code = self.conn.close_code
                 if code == 1009:
                     self._limited("message_too_big")
                 elif code in (1002, 1007):  # broken framing, invalid UTF-8 in a text frame
                     self._limited("protocol_error")
+                if self.conn.death and "took no data" in self.conn.death:
+                    self._limited("send_timeout")
+                    self.totals.killed += 1
                 return
             self._gate, verdict = pass_message(self._gate, self._rate, trio.current_time())
             if verdict != "ok":
                 self._limited("rate_limited" if verdict == "limited" else "rate_abuse")
-                await self.send_error(
+                self.send_error(
                     "rate_limited",
                     f"message dropped: at most {self._rate.rate:g} messages per second "
                     f"(bursts of {self._rate.burst})",
@@ -257,17 +253,17 @@ class Dashboard:
                     return
                 continue
             if isinstance(data, bytes):
-                await self.send_error("bad_request", "expected a text message, got binary")
+                self.send_error("bad_request", "expected a text message, got binary")
                 continue
             try:
                 obj = orjson.loads(data)
             except orjson.JSONDecodeError as exc:
-                await self.send_error("bad_json", f"message is not JSON: {exc}"[:200])
+                self.send_error("bad_json", f"message is not JSON: {exc}"[:200])
                 continue
             msg = from_wire(obj)
             if self.grant is None and not isinstance(msg, Hello | Ping | ProtocolError):
                 self._limited("unauthorized")
-                await self.send_error(
+                self.send_error(
                     "unauthorized", 'authenticate first: {"type": "hello", "token": ...}'
                 )
             elif isinstance(msg, Command) and not self.can_read(msg.room):
@@ -275,22 +271,22 @@ class Dashboard:
                 refusal = CommandResult(
                     False, "forbidden", f"room {msg.room!r} is outside this token's rooms"
                 )
-                await self.send_json(ack_message(msg.id, refusal))
+                self.send_json(ack_message(msg.id, refusal))
             else:
                 await self._dispatch(msg)
 
-    async def _hello(self, msg: Hello) -> None:
+    def _hello(self, msg: Hello) -> None:
         """Authenticate with ``hello``'s token (token mode), answer with ``welcome``."""
         policy = self.access.policy if self.access is not None else None
         if msg.token is not None and policy is not None and policy.mode == "token":
             grant = authenticate(msg.token, policy.tokens)
             if grant is None:
                 self._limited("bad_token")
-                await self.send_error("unauthorized", "invalid token")
+                self.send_error("unauthorized", "invalid token")
                 self.close(1008, "invalid token")
                 return
             if self.grant is not None and grant != self.grant:
-                await self.send_error(
+                self.send_error(
                     "bad_request",
                     f"already authenticated as {self.grant.name!r}; "
                     "open a new connection to use another token",
@@ -303,26 +299,26 @@ class Dashboard:
             self.grant = grant
             self._auth_scope.cancel()
         elif self.grant is None:
-            await self.send_error("unauthorized", "hello needs a token on this server")
+            self.send_error("unauthorized", "hello needs a token on this server")
             return
-        await self.send_json(self._welcome())
+        self.send_json(self._welcome())
 
     async def _dispatch(self, msg: object) -> None:
         if isinstance(msg, ProtocolError):
-            await self.send_error(msg.code, msg.message)
+            self.send_error(msg.code, msg.message)
         elif isinstance(msg, Ping):
             pong: dict[str, object] = {"type": "pong"}
             if msg.id is not None:
                 pong["id"] = msg.id
-            await self.send_json(pong)
+            self.send_json(pong)
         elif isinstance(msg, Hello):
-            await self._hello(msg)
+            self._hello(msg)
         elif isinstance(msg, Subscribe):
-            await self._subscribe(msg)
+            self._subscribe(msg)
         elif isinstance(msg, Unsubscribe):
-            scope = self.subscriptions.pop(msg.room, None)
-            if scope is not None:
-                scope.cancel()
+            sub = self.subscriptions.pop(msg.room, None)
+            if sub is not None:
+                sub.feed.leave(sub)
         elif isinstance(msg, Command):
             # The reader let it through: authenticated, room in scope. Viewers: forbidden.
             ack = await answer_command(
@@ -332,102 +328,122 @@ class Dashboard:
                 router=self.commands,
                 conn_id=self.conn_id,
             )
-            await self.send_json(ack)
+            self.send_json(ack)
 
-    async def _subscribe(self, msg: Subscribe) -> None:
+    def _subscribe(self, msg: Subscribe) -> None:
         if not self.can_read(msg.room):  # checked first: no hint whether the room exists
             self._limited("forbidden")
-            await self.send_error(
+            self.send_error(
                 "forbidden", f"room {msg.room!r} is outside this token's rooms", room=msg.room
             )
             return
         feed = self.hub.get(msg.room)
         if feed is None:
-            await self.send_error("unknown_room", f"no room {msg.room!r}", room=msg.room)
+            self.send_error("unknown_room", f"no room {msg.room!r}", room=msg.room)
             return
         old = self.subscriptions.pop(msg.room, None)
         limit = self.config.max_subscriptions
         room_limit = self.config.max_room_dashboards
         if old is not None:
-            old.cancel()
+            old.feed.leave(old)
         elif len(self.subscriptions) >= limit:
             self._limited("too_many_subscriptions")
-            await self.send_error(
+            self.send_error(
                 "too_many_subscriptions", f"at most {limit} rooms per connection", room=msg.room
             )
             return
         elif self.access is not None and self.access.room_load(msg.room) >= room_limit:
             self._limited("room_full")
-            await self.send_error(
+            self.send_error(
                 "room_full", f"room {msg.room!r} has {room_limit} dashboards", room=msg.room
             )
             return
-        scope = trio.CancelScope()
-        self.subscriptions[msg.room] = scope
-        self._nursery.start_soon(self._write, feed, msg.since, scope)
+        since = msg.since
+        if since is not None and feed.can_resume(since.epoch, since.seq):
+            sub = Subscription(self, feed, since.epoch, since.seq)
+        else:
+            sub = Subscription(self, feed, None, -1)
+        self.subscriptions[msg.room] = sub
+        self.wake()
 
-    # --- writing ----------------------------------------------------------------
+    # --- catching up --------------------------------------------------------------
 
-    async def _write(self, feed: RoomFeed, since: Since | None, scope: trio.CancelScope) -> None:
-        """Send ``feed``'s deltas from the client's position on, for as long as subscribed."""
-        latency = self.latency.labels(feed.room_id) if self.latency is not None else None
-        with scope:
-            if since is not None and feed.can_resume(since.epoch, since.seq):
-                epoch, cursor = since.epoch, since.seq
-            else:
-                epoch, cursor = await self._send_snapshot(feed)
+    def wake(self) -> None:
+        """Some subscription is not live: the pump should look. Synchronous."""
+        self._pump_wake.set()
+
+    async def _pump(self) -> None:
+        """Catch up subscriptions that are not live, one batch per drained socket."""
+        conn = self.conn
+        while True:
+            await self._pump_wake.wait()
+            self._pump_wake = trio.Event()
             while True:
-                await feed.wait_beyond(cursor, epoch)
-                if feed.closed:
-                    await self.send_error("room_closed", f"room {feed.room_id!r} was removed")
+                await conn.wait_drained()  # bounded: the writer kills a stalled peer
+                if conn.dead:
+                    self._scope.cancel()
                     return
-                if feed.epoch != epoch:
-                    epoch, cursor = await self._send_snapshot(feed)
-                elif cursor < feed.first_seq - 1:
-                    self.lagged += 1
-                    self.totals.lagged[feed.room_id] += 1
-                    await self.send_json(
-                        {
-                            "type": "lagged",
-                            "room": feed.room_id,
-                            "epoch": epoch,
-                            "missed_from": cursor + 1,
-                            "latest": feed.seq,
-                        }
-                    )
-                    epoch, cursor = await self._send_snapshot(feed)
-                else:
-                    oldest = feed.received_at(cursor + 1)
-                    cursor, body = feed.deltas_after(cursor, limit=MAX_DELTAS_PER_MESSAGE)
-                    await self.send(body)
-                    if latency is not None:
-                        latency.observe(trio.current_time() - oldest)
+                behind = [sub for sub in self.subscriptions.values() if not sub.live]
+                if not behind:
+                    break
+                for sub in behind:
+                    self._catch_up(sub)
+                await trio.lowlevel.checkpoint()
 
-    async def _send_snapshot(self, feed: RoomFeed) -> tuple[str, int]:
+    def _catch_up(self, sub: Subscription) -> None:
+        """Send ``sub`` what it lacks (synchronously), and make it live if it has all."""
+        feed = sub.feed
+        if feed.closed:
+            self.send_error("room_closed", f"room {feed.room_id!r} was removed", room=feed.room_id)
+            if self.subscriptions.get(feed.room_id) is sub:
+                del self.subscriptions[feed.room_id]
+            return
+        if sub.epoch != feed.epoch:
+            self._send_snapshot(sub)
+        elif sub.cursor < feed.first_seq - 1:
+            self.lagged += 1
+            self.totals.lagged[feed.room_id] += 1
+            self.send_json(
+                {
+                    "type": "lagged",
+                    "room": feed.room_id,
+                    "epoch": sub.epoch,
+                    "missed_from": sub.cursor + 1,
+                    "latest": feed.seq,
+                }
+            )
+            self._send_snapshot(sub)
+        elif sub.cursor < feed.seq:
+            oldest = feed.received_at(sub.cursor + 1)
+            sub.cursor, body = feed.deltas_after(sub.cursor, limit=MAX_DELTAS_PER_MESSAGE)
+            self.send(body)
+            if self.latency is not None:
+                self.latency.labels(feed.room_id).observe(trio.current_time() - oldest)
+        caught_up = sub.cursor == feed.seq and sub.epoch == feed.epoch
+        idle = not self.conn.out and not self.conn.dead
+        if caught_up and idle and self.subscriptions.get(feed.room_id) is sub:
+            sub.live = True
+            feed.join(sub)
+
+    def _send_snapshot(self, sub: Subscription) -> None:
+        feed = sub.feed
         epoch = feed.epoch
         seq, body = feed.snapshot()
         self.snapshots += 1
         self.totals.snapshots[feed.room_id] += 1
-        await self.send(body)
-        return epoch, seq
+        self.send(body)
+        sub.epoch, sub.cursor = epoch, seq
 
     # --- heartbeat --------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
+        """Ping every ``heartbeat_s``; no pong for two intervals kills the connection."""
         interval = self.config.heartbeat_s
         if not math.isfinite(interval) or interval <= 0:
             return
         while True:
             await trio.sleep(interval)
-            try:
-                with trio.fail_after(interval):
-                    await self.ws.ping()
-            except trio.TooSlowError:
-                self.kill(f"no pong within {interval}s")
-            except ConnectionClosed:
+            if trio.current_time() - self.conn.last_pong > 2 * interval:
+                self.kill(f"no pong for {2 * interval:g}s")
                 return
-            except trio.Cancelled:
-                # We cannot tell whether the ping frame was cut mid-write: do not
-                # follow it with a close frame.
-                self._dead = True
-                raise
+            self.conn.ping_nowait(os.urandom(4))

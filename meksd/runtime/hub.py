@@ -13,12 +13,16 @@ is encoded lazily, at most once per published seq, when some writer needs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 import attrs
 import orjson
 import trio
 
 from meksd.core.wire import snapshot_message
 from meksd.model.state import RoomState
+from meksd.runtime.wsconn import text_frame
 
 
 @attrs.frozen
@@ -39,6 +43,20 @@ class FeedStatistics:
     """Snapshots encoded (at most one per seq, however many dashboards asked)."""
 
 
+class Subscriber(Protocol):
+    """A dashboard's subscription as the feed sees it while it is *live*.
+
+    A live subscriber has applied everything up to the feed's ``seq`` and its
+    connection has nothing waiting: :meth:`RoomFeed.publish` writes the new frame to
+    it directly. ``deliver`` returns False when it cannot take the frame now
+    (congested or gone); it then leaves the live set and catches up on its own.
+    """
+
+    def deliver(self, seq: int, frame: bytes) -> bool: ...
+
+    def unlive(self) -> None: ...
+
+
 class RoomFeed:
     """One room's publication point. Only the room's actor calls the mutators.
 
@@ -57,11 +75,15 @@ class RoomFeed:
         self._seq = seq
         self._first_seq = seq + 1  # ring empty: nothing older than seq is kept
         self._changed = trio.Event()
+        self._live: set[Subscriber] = set()
         self._closed = False
         self._snapshot: tuple[int, str, bytes] | None = None
         self._published = 0
         self._published_bytes = 0
         self._snapshots_encoded = 0
+        self.on_delivered: Callable[[float], None] | None = None
+        """Called once per publish that reached live dashboards, with the oldest
+        event's receipt time (the end-to-end latency metric)."""
 
     # --- read side ------------------------------------------------------------
 
@@ -135,6 +157,18 @@ class RoomFeed:
 
     # --- write side (the room's actor only) -------------------------------------
 
+    def join(self, sub: Subscriber) -> None:
+        """Make ``sub`` live: it has everything up to :attr:`seq` and nothing waiting."""
+        self._live.add(sub)
+
+    def leave(self, sub: Subscriber) -> None:
+        self._live.discard(sub)
+
+    @property
+    def live_count(self) -> int:
+        """Subscribers written to directly by :meth:`publish`."""
+        return len(self._live)
+
     def publish(self, seq: int, body: bytes, state: RoomState, received_at: float) -> None:
         """Append the encoded delta ``seq`` and wake every waiting writer.
 
@@ -151,6 +185,15 @@ class RoomFeed:
         self._first_seq = max(self._first_seq, seq - self._ring_size + 1)
         self._published += 1
         self._published_bytes += len(body)
+        if self._live:
+            # One frame for everyone: server frames are unmasked, so the bytes are the
+            # same for every dashboard. Each live one gets one non-blocking write.
+            frame = text_frame(body)
+            dropped = [sub for sub in tuple(self._live) if not sub.deliver(seq, frame)]
+            for sub in dropped:
+                self._live.discard(sub)
+            if self.on_delivered is not None:
+                self.on_delivered(received_at)
         self._wake()
 
     def reset(self, state: RoomState, seq: int) -> None:
@@ -161,12 +204,20 @@ class RoomFeed:
         self._first_seq = seq + 1
         self._ring = [b""] * self._ring_size
         self._times = [0.0] * self._ring_size
+        self._unlive_all()
         self._wake()
 
     def close(self) -> None:
         """The room is gone (removed by a reload or shut down); writers stop."""
         self._closed = True
+        self._unlive_all()
         self._wake()
+
+    def _unlive_all(self) -> None:
+        """Every live subscriber must look at the feed again (new epoch, or closed)."""
+        live, self._live = self._live, set()
+        for sub in live:
+            sub.unlive()
 
     def _wake(self) -> None:
         self._changed.set()

@@ -21,6 +21,7 @@ Sockets are plain non-blocking stdlib sockets waited on with
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from collections.abc import Sequence
@@ -42,6 +43,13 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 RECV_BYTES = 65536
 MAX_HANDSHAKE_BYTES = 16384
+SEND_BUFFER_BYTES = 256 * 1024
+"""Kernel send buffer per dashboard socket. Bounds what a client that stops reading
+holds in kernel memory, and makes it show as congested soon enough to be handled
+(lagged, or closed after ``send_timeout_s``) rather than hidden in a 4 MiB buffer."""
+MAX_OUT_BYTES = 16 * 1024 * 1024
+"""A connection with more than this waiting for its socket is killed: a client that
+floods requests while reading nothing cannot make the server buffer without end."""
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -82,6 +90,8 @@ class WsConnection:
         send_timeout_s: float,
     ) -> None:
         sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         self.sock = sock
         self.max_message_bytes = max_message_bytes
         self.send_timeout_s = send_timeout_s
@@ -97,7 +107,7 @@ class WsConnection:
         self._drained = trio.Event()
         self._drained.set()
         self._pending_events: list[object] = []
-        self._fragments: list[str | bytes] = []
+        self._fragments: list[str | bytes | bytearray] = []
         self._fragment_bytes = 0
         try:
             name = sock.getpeername()
@@ -132,13 +142,20 @@ class WsConnection:
     ) -> None:
         """Answer the handshake with 101 (no extensions: our frames are plain)."""
         self._write(
-            self.ws.send(AcceptConnection(subprotocol=subprotocol, extra_headers=list(extra_headers)))
+            self.ws.send(
+                AcceptConnection(subprotocol=subprotocol, extra_headers=list(extra_headers))
+            )
         )
 
     def reject_nowait(self, status: int, body: bytes) -> None:
         """Answer the handshake with an HTTP error and a short plain-text body."""
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-        self._write(self.ws.send(RejectConnection(status_code=status, headers=headers, has_body=True)))
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        self._write(
+            self.ws.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+        )
         self._write(self.ws.send(RejectData(data=body)))
 
     # --- sending ----------------------------------------------------------------------
@@ -166,10 +183,8 @@ class WsConnection:
         if self.dead or self.close_code is not None:
             return
         self.close_code = code
-        try:
+        with contextlib.suppress(LocalProtocolError):
             self._write(self.ws.send(CloseConnection(code=code, reason=reason)))
-        except LocalProtocolError:
-            pass
 
     def _write(self, data: bytes) -> None:
         if self.dead or not data:
@@ -188,6 +203,9 @@ class WsConnection:
             self.out += memoryview(data)[n:]
         else:
             self.out += data
+        if len(self.out) > MAX_OUT_BYTES:
+            self.kill(f"more than {MAX_OUT_BYTES} bytes waiting for a peer that does not read")
+            return
         if self._drained.is_set():
             self._drained = trio.Event()
         self._writer_wake.set()
@@ -196,27 +214,31 @@ class WsConnection:
         """Drain ``out`` whenever it fills; kill the connection if a drain stalls.
 
         A drain that cannot finish within ``send_timeout_s`` means the peer stopped
-        reading: the connection is killed (its buffers are dropped).
+        reading: the connection is killed and reset, so its buffers are freed.
         """
         while not self.dead:
             await self._writer_wake.wait()
             self._writer_wake = trio.Event()
             try:
                 with trio.fail_after(self.send_timeout_s):
-                    while self.out and not self.dead:
-                        await trio.lowlevel.wait_writable(self.sock)
-                        try:
-                            n = self.sock.send(self.out)
-                        except BlockingIOError:
-                            continue
-                        self.bytes_sent += n
-                        del self.out[:n]
+                    await self._drain()
             except trio.TooSlowError:
-                self.kill(f"peer took no data for {self.send_timeout_s}s")
-            except (OSError, trio.ClosedResourceError) as exc:
-                self.kill(f"send failed: {exc}")
-            if not self.out:
-                self._drained.set()
+                self.kill(f"peer took no data for {self.send_timeout_s:g}s", reset=True)
+
+    async def _drain(self) -> None:
+        try:
+            while self.out and not self.dead:
+                await trio.lowlevel.wait_writable(self.sock)
+                try:
+                    n = self.sock.send(self.out)
+                except BlockingIOError:
+                    continue
+                self.bytes_sent += n
+                del self.out[:n]
+        except (OSError, trio.ClosedResourceError) as exc:
+            self.kill(f"send failed: {exc}")
+        if not self.out:
+            self._drained.set()
 
     async def wait_drained(self) -> None:
         """Return once ``out`` is empty (or the connection is dead)."""
@@ -270,10 +292,8 @@ class WsConnection:
             self.peer_closed = True
             if self.close_code is None:
                 self.close_code = event.code
-                try:
+                with contextlib.suppress(LocalProtocolError):
                     self._write(self.ws.send(event.response()))
-                except LocalProtocolError:
-                    pass
             raise ConnectionGone(f"peer closed ({event.code})")
         return None
 
@@ -295,8 +315,12 @@ class WsConnection:
 
     # --- ending -----------------------------------------------------------------------
 
-    def kill(self, why: str) -> None:
-        """Close the socket now; pending output is dropped. Idempotent, synchronous."""
+    def kill(self, why: str, *, reset: bool = False) -> None:
+        """Close the socket now; pending output is dropped. Idempotent, synchronous.
+
+        With ``reset``, the close is abortive (RST): the kernel drops what the peer
+        never read instead of keeping it for a peer that is not reading.
+        """
         if self.dead:
             return
         self.dead = True
@@ -304,19 +328,20 @@ class WsConnection:
         self.out.clear()
         self._writer_wake.set()
         self._drained.set()
+        if reset:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 
-    async def aclose(self, code: int, reason: str = "", *, timeout: float = 2.0) -> None:
-        """Close gracefully: queue a close frame, let it drain, wait for the peer's reply."""
+    async def aclose(self, code: int, reason: str = "", *, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+        """Close gracefully: queue a close frame, drain, wait briefly for the peer's reply."""
         with trio.move_on_after(timeout):
             self.close_nowait(code, reason)
-            await self.wait_drained()
+            await self._drain()
             if not self.dead:
-                try:
+                with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
                 while not self.peer_closed and not self.dead:
                     try:
                         await self.next_message()

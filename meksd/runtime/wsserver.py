@@ -1,10 +1,10 @@
 """The dashboard WebSocket server: listeners, handshakes, the set of live dashboards.
 
-We accept TCP ourselves and hand each stream to trio-websocket with
-``wrap_server_stream``, so that we hold the stream: a connection whose send was
-interrupted can be closed at once (see :mod:`meksd.runtime.dashboard`), and no
-exception from one connection can reach the listener (trio-websocket's own
-``serve_websocket`` lets a handler's error take the whole server down).
+Listening sockets are plain non-blocking stdlib sockets, accepted with
+``trio.lowlevel.wait_readable``; each connection is a
+:class:`~meksd.runtime.wsconn.WsConnection` (wsproto for the handshake and parsing,
+meksd for the bytes out — see that module for why). Every handler catches its own
+failures: nothing one connection does can reach the listener or another connection.
 
 The handshake is where access control starts (``docs/security.md``): it must complete
 within ``handshake_timeout_s``, and :func:`meksd.core.access.admit` decides on it
@@ -14,31 +14,52 @@ is allocated for a dashboard. A refusal is an HTTP status with a body saying why
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import itertools
+import socket
 from collections import Counter
 from typing import Any
 
 import trio
 from loguru import logger
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    wrap_server_stream,
-)
 
 from meksd.access_config import AuthConfig, access_policy
 from meksd.config import ServerConfig, parse_listen
-from meksd.core.access import Admit, Handshake, Refuse, admit
-from meksd.runtime.access import Access, grant_survives, handshake_of
+from meksd.core.access import Handshake, Refuse, admit
+from meksd.runtime.access import Access, grant_survives
 from meksd.runtime.commands import CommandRouter
 from meksd.runtime.dashboard import Dashboard
 from meksd.runtime.histogram import HistogramFamily
 from meksd.runtime.hub import Hub
 from meksd.runtime.ratelimit import LogLimiter
 from meksd.runtime.stats import DashboardTotals
-from meksd.runtime.tcpstream import FrameGuardStream
+from meksd.runtime.wsconn import ConnectionGone, WsConnection
+
+LISTEN_BACKLOG = 1024
+
+
+def open_listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking TCP sockets for ``host:port`` (every address family)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in infos:
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+            if port == 0:  # one port for every family: the first one the kernel gave
+                port = sock.getsockname()[1]
+                break
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 class DashboardServer:
@@ -73,26 +94,13 @@ class DashboardServer:
     ) -> None:
         """Bind, report started (listeners are up), serve until cancelled."""
         host, port = parse_listen(self.config.ws_listen)
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        sockname = listeners[0].socket.getsockname()
+        listeners = open_listen_sockets(host, port)
+        sockname = listeners[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-
-            async def accept(*, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-                try:
-                    with self._accept_scope:
-                        await trio.serve_listeners(
-                            self._handle,
-                            listeners,
-                            handler_nursery=nursery,
-                            task_status=task_status,
-                        )
-                finally:
-                    for listener in listeners:
-                        await trio.aclose_forcefully(listener)
-
-            await nursery.start(accept)
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
             logger.info(
                 "dashboards listening on ws://{host}:{port}/ws",
                 host=self.host,
@@ -100,6 +108,35 @@ class DashboardServer:
                 event="listening",
             )
             task_status.started(self)
+
+    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        try:
+            with self._accept_scope:
+                while True:
+                    await trio.lowlevel.wait_readable(listener)
+                    while True:
+                        try:
+                            sock, _ = listener.accept()
+                        except BlockingIOError:
+                            break
+                        except OSError as exc:
+                            if exc.errno in (
+                                errno.EMFILE,
+                                errno.ENFILE,
+                                errno.ENOBUFS,
+                                errno.ENOMEM,
+                            ):
+                                logger.error(
+                                    "cannot accept dashboards: {err}",
+                                    err=exc.strerror,
+                                    event="accept_error",
+                                )
+                                await trio.sleep(0.1)
+                            break
+                        nursery.start_soon(self._handle, sock)
+        finally:
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting, close every dashboard with 1001, wait up to ``grace_s``."""
@@ -136,66 +173,63 @@ class DashboardServer:
             if dash.grant is not None and not grant_survives(dash.grant, old, self.access.policy):
                 dash.revoke("token revoked or changed by a configuration reload")
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, sock: socket.socket) -> None:
         conn_id = f"c{next(self._ids)}"
         log = logger.bind(conn=conn_id)
-        address = _peer_address(stream)
+        conn = WsConnection(
+            sock,
+            max_message_bytes=self.config.max_message_bytes,
+            send_timeout_s=self.config.send_timeout_s,
+        )
+        address = conn.peer_host
         others = self._per_address[address]
         self._per_address[address] = others + 1
-        guarded = FrameGuardStream(stream)
         opened = False
         try:
-            async with trio.open_nursery() as ws_tasks:
-                accepted: tuple[WebSocketConnection, Admit] | None = None
-                with trio.move_on_after(self.config.handshake_timeout_s) as handshake:
-                    guarded.on_close = handshake.cancel  # a 400 was sent, or the client left
-                    request = await wrap_server_stream(
-                        ws_tasks, guarded, max_message_size=self.config.max_message_bytes
-                    )
-                    guarded.on_close = None
-                    accepted = await self._accept(request, others, address, log)
-                guarded.on_close = None
-                if handshake.cancelled_caught:
-                    if guarded.closed:  # trio-websocket could not parse it and sent 400
-                        self._refused("bad_handshake", address, 400, log)
-                    elif trio.current_time() < handshake.deadline:
-                        self._refused("abandoned", address, 0, log)  # the client left
-                    else:
-                        self._refused("handshake_timeout", address, 0, log)
-                if accepted is None:  # refused, or the handshake timed out
-                    ws_tasks.cancel_scope.cancel()
-                    return
-                ws, verdict = accepted
-                opened = True
-                dash = Dashboard(
-                    ws,
-                    guarded,
-                    self.hub,
-                    self.config,
-                    conn_id=conn_id,
-                    totals=self.totals,
-                    latency=self.latency,
-                    commands=self.commands,
-                    grant=verdict.grant,
-                    access=self.access,
-                )
-                self._add(dash)
-                log.info(
-                    "dashboard connected from {peer}",
-                    peer=_peer(stream),
-                    token=verdict.grant.name if verdict.grant is not None else None,
-                    event="conn_open",
-                )
+            verdict = None
+            with trio.move_on_after(self.config.handshake_timeout_s) as handshake:
                 try:
-                    await dash.run()
-                finally:
-                    self._discard(dash)
-                    log.info("dashboard disconnected", event="conn_close", sent=dash.messages_sent)
-                ws_tasks.cancel_scope.cancel()
+                    request = await conn.read_request()
+                except ConnectionGone as exc:
+                    gone = "closed" in str(exc) or "unexpected" in str(exc)
+                    if not gone:
+                        conn.reject_nowait(400, b"meksd: not a WebSocket handshake\n")
+                    self._refused("abandoned" if gone else "bad_handshake", address, 400, log)
+                    return
+                verdict = self._admit(conn, request, others, address, log)
+            if handshake.cancelled_caught:
+                self._refused("handshake_timeout", address, 0, log)
+                return
+            if verdict is None:
+                await self._flush_refusal(conn)
+                return
+            opened = True
+            dash = Dashboard(
+                conn,
+                self.hub,
+                self.config,
+                conn_id=conn_id,
+                totals=self.totals,
+                latency=self.latency,
+                commands=self.commands,
+                grant=verdict.grant,
+                access=self.access,
+            )
+            self._add(dash)
+            log.info(
+                "dashboard connected from {peer}",
+                peer=conn.peer,
+                token=verdict.grant.name if verdict.grant is not None else None,
+                event="conn_open",
+            )
+            try:
+                await dash.run()
+            finally:
+                self._discard(dash)
+                log.info("dashboard disconnected", event="conn_close", sent=dash.messages_sent)
         except Exception as exc:  # one connection's failure is that connection's only
-            if not opened:  # hostile bytes trio-websocket could not parse, or the client left
-                gone = _is_disconnect(exc)
-                self._refused("abandoned" if gone else "bad_handshake", address, 400, log)
+            if not opened:
+                self._refused("bad_handshake", address, 400, log)
             else:
                 self.totals.errors += 1
                 if self._log_limiter.allow("conn_error", trio.current_time()):
@@ -203,23 +237,27 @@ class DashboardServer:
                         "dashboard connection failed", event="conn_error"
                     )
         finally:
-            try:
-                await trio.aclose_forcefully(stream)
-            finally:  # last: once it is counted out, this handler holds nothing
-                remaining = self._per_address[address] - 1
-                if remaining > 0:
-                    self._per_address[address] = remaining
-                else:
-                    del self._per_address[address]
+            conn.kill("done")
+            remaining = self._per_address[address] - 1
+            if remaining > 0:
+                self._per_address[address] = remaining
+            else:
+                del self._per_address[address]
 
-    async def _accept(
-        self, request: WebSocketRequest, others: int, address: str, log: Any
-    ) -> tuple[WebSocketConnection, Admit] | None:
-        """Accept the handshake, or reject it with an HTTP status saying why.
+    def _admit(self, conn: WsConnection, request: Any, others: int, address: str, log: Any) -> Any:
+        """Accept the handshake, or queue an HTTP refusal saying why (returns None).
 
         ``others`` counts the other connections from the client's ``address``.
         """
-        hs: Handshake = handshake_of(request)
+        origin: str | None = None
+        authorization: str | None = None
+        for name, value in request.extra_headers:
+            name = name.lower()
+            if name == b"origin" and origin is None:
+                origin = value.decode("latin-1")
+            elif name == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")
+        hs = Handshake(target=request.target, origin=origin, authorization=authorization)
         verdict = admit(
             self.access.policy,
             hs,
@@ -231,10 +269,18 @@ class DashboardServer:
         if isinstance(verdict, Refuse):
             self.rejected += 1
             self._refused(verdict.reason, address, verdict.status, log)
-            with contextlib.suppress(*_DISCONNECTS):  # it left before reading the answer
-                await request.reject(verdict.status, body=f"{verdict.message}\n".encode())
+            conn.reject_nowait(verdict.status, f"{verdict.message}\n".encode())
             return None
-        return await request.accept(), verdict
+        conn.accept_nowait()
+        return verdict
+
+    async def _flush_refusal(self, conn: WsConnection) -> None:
+        """Give a refusal a moment to reach the client before the socket closes."""
+        with trio.move_on_after(1.0):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run_writer)
+                await conn.wait_drained()
+                nursery.cancel_scope.cancel()
 
     def _refused(self, reason: str, address: str, status: int, log: Any) -> None:
         """Count a refused handshake; log it at most once per reason per 10 s.
@@ -261,29 +307,3 @@ class DashboardServer:
         self.dashboards.discard(dash)
         if not self.dashboards:
             self._idle.set()
-
-
-_DISCONNECTS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-def _is_disconnect(exc: BaseException) -> bool:
-    """Whether ``exc`` (or every exception in a group) only says the client went away."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_disconnect(inner) for inner in exc.exceptions)
-    return isinstance(exc, _DISCONNECTS)
-
-
-def _peer_address(stream: trio.SocketStream) -> str:
-    """The client's IP address: what ``max_connections_per_address`` counts by."""
-    try:
-        return str(stream.socket.getpeername()[0])
-    except (OSError, IndexError):
-        return "?"
-
-
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        addr = stream.socket.getpeername()
-    except OSError:
-        return "?"
-    return f"{addr[0]}:{addr[1]}"
