@@ -260,3 +260,14 @@ async def test_healthy_is_false_when_an_actor_is_wedged(
     assert await app.healthy()
     app.rooms["b"]._inbox_send = trio.open_memory_channel[Any](0)[0]  # nobody will ever receive
     assert not await app.healthy()
+
+
+async def test_a_connection_closed_before_its_handshake_ends_at_once(app: App) -> None:
+    """A TCP connect-and-close (a port probe) is counted as abandoned right away, not held until the handshake timeout."""
+    with trio.fail_after(5):
+        for _ in range(3):
+            stream = await trio.open_tcp_stream("127.0.0.1", app.dashboards.port)
+            await stream.aclose()
+        while app.dashboards.totals.refused["abandoned"] < 3:
+            await trio.sleep(0.01)
+    assert not app.dashboards._per_address

@@ -102,6 +102,7 @@ class WsConnection:
         self.death: str | None = None
         self.close_code: int | None = None
         self.peer_closed = False
+        self._eof = False
         self.last_pong = trio.current_time()
         self._writer_wake = trio.Event()
         self._drained = trio.Event()
@@ -129,6 +130,8 @@ class WsConnection:
                     return event
                 raise ConnectionGone(f"unexpected {type(event).__name__} before handshake")
             data = await self._recv()
+            if not data:
+                raise ConnectionGone("closed before the handshake")
             received += len(data)
             if received > MAX_HANDSHAKE_BYTES:
                 raise ConnectionGone("handshake too large")
@@ -261,7 +264,10 @@ class WsConnection:
                     return message
             if self.dead:
                 raise ConnectionGone(self.death or "closed")
+            if self._eof:
+                raise ConnectionGone("peer closed the connection")
             data = await self._recv()
+            self._eof = not data
             try:
                 self.ws.receive_data(data or None)
             except RemoteProtocolError as exc:

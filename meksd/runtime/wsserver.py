@@ -191,10 +191,11 @@ class DashboardServer:
                 try:
                     request = await conn.read_request()
                 except ConnectionGone as exc:
-                    gone = "closed" in str(exc) or "unexpected" in str(exc)
+                    gone = conn.dead or str(exc).startswith("closed")
+                    self._refused("abandoned" if gone else "bad_handshake", address, 400, log)
                     if not gone:
                         conn.reject_nowait(400, b"meksd: not a WebSocket handshake\n")
-                    self._refused("abandoned" if gone else "bad_handshake", address, 400, log)
+                        await self._flush_refusal(conn)
                     return
                 verdict = self._admit(conn, request, others, address, log)
             if handshake.cancelled_caught:
