@@ -125,6 +125,8 @@ def test_valid_messages_round_trip(msg: Any) -> None:
 # ``close`` is the set of acceptable close codes, empty if the connection must live.
 LIVE: frozenset[int | None] = frozenset()
 BROKEN: frozenset[int | None] = frozenset({1002, 1007, None})
+HELLO_TOKEN: frozenset[int | None] = frozenset({1008})
+"""A ``hello`` with a (wrong) token: closed with 1008 when tokens are configured."""
 """A frame that breaks RFC 6455 (invalid UTF-8 in text, reserved opcode, bad
 fragmentation): trio-websocket 0.12 ends the connection, without sending the 1002 or
 1007 close frame it decided on (docs/security.md)."""
@@ -170,7 +172,14 @@ def _frames(draw: st.DrawFn) -> tuple[int, bytes, frozenset[int | None], bool]:
     if kind == "json":
         return TEXT, dumps(draw(json_values)), LIVE, True
     if kind == "message":
-        return TEXT, dumps(draw(messages)), LIVE, True
+        msg = draw(messages)
+        if (
+            isinstance(msg, dict)
+            and msg.get("type") == "hello"
+            and isinstance(msg.get("token"), str)
+        ):
+            return TEXT, dumps(msg), HELLO_TOKEN, True  # a wrong token: 1008 in token mode
+        return TEXT, dumps(msg), LIVE, True
     if kind == "truncated":
         text = json.dumps(draw(messages), ensure_ascii=False)
         cut = draw(st.integers(0, max(0, len(text) - 1)))
@@ -232,6 +241,8 @@ async def test_reader_survives_hostile_frames(
                 assert isinstance(welcome, dict) and welcome["type"] == "welcome"
                 try:
                     for opcode, payload, codes, fin in batch:
+                        if codes is HELLO_TOKEN and not tokens:
+                            codes = LIVE  # open mode: a hello's token is not checked
                         allowed |= codes
                         await raw.send_frame(opcode, payload, fin=fin)
                         if not fin and opcode == TEXT:

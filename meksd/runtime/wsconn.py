@@ -256,7 +256,9 @@ class WsConnection:
         Raises :class:`ConnectionGone` when the peer closes (our close reply is
         queued), the socket breaks, or a message exceeds ``max_message_bytes``
         (closed with 1009) or breaks the protocol (closed with wsproto's code).
+        Always a checkpoint, even when a message is already buffered.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             for event in self.ws.events():
                 message = self._handle(event)
@@ -276,6 +278,9 @@ class WsConnection:
 
     def _handle(self, event: object) -> str | bytes | None:
         if isinstance(event, (TextMessage, BytesMessage)):
+            if self.close_code is not None:
+                return None  # closing: read and drop until the peer's close frame
+
             self._fragment_bytes += len(event.data)
             if self._fragment_bytes > self.max_message_bytes:
                 self.close_nowait(1009, f"message larger than {self.max_message_bytes} bytes")
