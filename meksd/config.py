@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import math
 import os
 import re
 import tomllib
@@ -42,6 +41,8 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn
 
 from meksd.access_config import AuthConfig, check_auth
+from meksd.core.strict import Invalid as _Invalid
+from meksd.core.strict import register_strict_primitives
 from meksd.errors import ConfigError
 from meksd.model.state import RoomConfig
 
@@ -53,6 +54,7 @@ __all__ = [
     "LogConfig",
     "ReplaySourceConfig",
     "RoomSettings",
+    "SendConfig",
     "ServerConfig",
     "SimulatorSourceConfig",
     "SourceConfig",
@@ -249,6 +251,28 @@ _SOURCE_KINDS: dict[str, type[SourceConfig]] = {
 
 
 @attrs.frozen
+class SendConfig:
+    """``[rooms.send]``: where operator replies (``chat.reply``) are posted (docs/replies.md)."""
+
+    url: str
+    """``http://`` or ``https://`` endpoint; one POST of ``{room, reply_id, text}`` per reply."""
+    token: str | None = None
+    """Sent as ``Authorization: Bearer <token>`` when set."""
+    reply_deadline_s: float = 10.0
+    """A reply not taken by the upstream this long after it was accepted fails (``deadline``)."""
+    attempt_timeout_s: float = 3.0
+    """Each POST (connect, send, answer) must complete within this."""
+    backoff_initial_s: float = 0.2
+    """Upper bound of the first retry delay (full jitter)."""
+    backoff_max_s: float = 2.0
+    """The bound doubles per failed attempt up to this."""
+    queue: int = 256
+    """Replies waiting for the room's sender; beyond this a reply fails (``queue_full``)."""
+    replies_per_minute: float = 20.0
+    """Per operator (token name; connection when open) and room: the rate of ``chat.reply``."""
+
+
+@attrs.frozen
 class RoomSettings:
     """One ``[[rooms]]`` table: a live room and where its events come from."""
 
@@ -283,6 +307,10 @@ class RoomSettings:
     before each reconnect or poll, instead of their usual pace."""
     sources: tuple[SourceConfig, ...] = ()
     """The room's feeds, in failover order; at least one."""
+    max_reply_chars: int = 150
+    """Longest operator reply (``chat.reply``), in characters."""
+    send: SendConfig | None = None
+    """``[rooms.send]``: the upstream for operator replies; none: ``chat.reply`` is refused."""
 
 
 @attrs.frozen
@@ -306,6 +334,7 @@ def room_config(settings: RoomSettings) -> RoomConfig:
         dedup_window=settings.dedup_window,
         closed_streak_memory=settings.closed_streak_memory,
         battle_supporters=settings.battle_supporters,
+        max_reply_chars=settings.max_reply_chars,
     )
 
 
@@ -387,38 +416,6 @@ def parse_listen(s: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- structuring
 
 
-class _Invalid(ValueError):
-    """A structuring failure whose message is the whole description."""
-
-
-def _strict_int(obj: object, _: type) -> int:
-    if type(obj) is not int:  # bool is a subclass of int: excluded
-        raise _Invalid("expected int")
-    return obj
-
-
-def _strict_float(obj: object, _: type) -> float:
-    if type(obj) is int:
-        return float(obj)
-    if type(obj) is not float:
-        raise _Invalid("expected float")
-    if not math.isfinite(obj):
-        raise _Invalid("expected a finite float")
-    return obj
-
-
-def _strict_bool(obj: object, _: type) -> bool:
-    if type(obj) is not bool:
-        raise _Invalid("expected bool")
-    return obj
-
-
-def _strict_str(obj: object, _: type) -> str:
-    if type(obj) is not str:
-        raise _Invalid("expected string")
-    return obj
-
-
 def _is_homogeneous_tuple(t: Any) -> bool:
     args = get_args(t)
     return get_origin(t) is tuple and len(args) == 2 and args[1] is Ellipsis
@@ -483,10 +480,7 @@ def _format_exception(exc: BaseException, type_: type | None) -> str:
 
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    conv.register_structure_hook(int, _strict_int)
-    conv.register_structure_hook(float, _strict_float)
-    conv.register_structure_hook(bool, _strict_bool)
-    conv.register_structure_hook(str, _strict_str)
+    register_strict_primitives(conv)
     conv.register_structure_hook_func(_is_homogeneous_tuple, _structure_tuple)
     conv.register_structure_hook_func(lambda t: t == SourceConfig, _structure_source)
     conv.register_structure_hook_factory(attrs.has, _attrs_hook_factory)
@@ -556,6 +550,15 @@ _ROOM_RULES: _Rules = {
     "stall_s": ("gt", 0),
     "failover_after": ("ge", 1),
     "ended_backoff_s": ("gt", 0),
+    "max_reply_chars": ("ge", 1),
+}
+_SEND_RULES: _Rules = {
+    "reply_deadline_s": ("gt", 0),
+    "attempt_timeout_s": ("gt", 0),
+    "backoff_initial_s": ("gt", 0),
+    "backoff_max_s": ("gt", 0),
+    "queue": ("ge", 1),
+    "replies_per_minute": ("gt", 0),
 }
 _HTTP_POLL_RULES: _Rules = {
     "poll_ms": ("ge", 0),
@@ -615,6 +618,11 @@ def _validate(config: Config, base_dir: Path) -> tuple[Config, list[str]]:
             _check_source(src, f"{path}.sources[{j}]", base_dir, checks)
             for j, src in enumerate(room.sources)
         )
+        if room.send is not None:
+            checks.fields(room.send, f"{path}.send", _SEND_RULES)
+            problem = _url_problem(room.send.url, schemes=("http", "https"))
+            if problem:
+                checks.fail(problem, f"{path}.send.url")
         rooms.append(attrs.evolve(room, sources=sources))
     storage = _check_storage(config.storage, base_dir, checks)
     auth, auth_problems = check_auth(config.auth, ws_host=_listen_host(config), room_ids=seen)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Literal, get_args, get_origin, get_type_hints
 
@@ -48,6 +47,8 @@ import immutables
 from cattrs.errors import ForbiddenExtraKeysError, IterableValidationError, IterableValidationNote
 
 from meksd.core.dedup import new_dedup
+from meksd.core.strict import Invalid as _Invalid
+from meksd.core.strict import register_strict_primitives
 from meksd.model.events import GiftKey
 from meksd.model.state import Dedup, LeaderRow, RoomState, Streak
 
@@ -216,36 +217,6 @@ def rebase_clock(state: RoomState, offset: float) -> RoomState:
 # --------------------------------------------------------------------------- converter
 
 
-class _Invalid(ValueError):
-    """A structuring failure whose message is the whole description."""
-
-
-def _strict_int(obj: object, _: type) -> int:
-    if type(obj) is not int:
-        raise _Invalid("expected int")
-    return obj
-
-
-def _strict_float(obj: object, _: type) -> float:
-    if type(obj) is int:
-        return float(obj)
-    if type(obj) is not float or not math.isfinite(obj):
-        raise _Invalid("expected a finite float")
-    return obj
-
-
-def _strict_bool(obj: object, _: type) -> bool:
-    if type(obj) is not bool:
-        raise _Invalid("expected bool")
-    return obj
-
-
-def _strict_str(obj: object, _: type) -> str:
-    if type(obj) is not str:
-        raise _Invalid("expected string")
-    return obj
-
-
 def _is_tuple(t: Any) -> bool:
     return get_origin(t) is tuple
 
@@ -375,10 +346,7 @@ def _format_exception(exc: BaseException, type_: type | None) -> str:
 
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    conv.register_structure_hook(int, _strict_int)
-    conv.register_structure_hook(float, _strict_float)
-    conv.register_structure_hook(bool, _strict_bool)
-    conv.register_structure_hook(str, _strict_str)
+    register_strict_primitives(conv)
     conv.register_structure_hook_func(_is_tuple, _structure_tuple)
     conv.register_structure_hook(Dedup, _dedup_in)
     conv.register_unstructure_hook(Dedup, _dedup_out)
