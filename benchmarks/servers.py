@@ -81,6 +81,8 @@ def meksd_config(ws_port: int, admin_port: int, rooms: list[str], feed_urls: lis
         f'ws_listen = "127.0.0.1:{ws_port}"',
         f'http_listen = "127.0.0.1:{admin_port}"',
         "max_connections = 5000",
+        "# every load-client connection comes from 127.0.0.1",
+        "max_connections_per_address = 5000",
         "",
         "[log]",
         'level = "INFO"',
