@@ -269,7 +269,9 @@ class SendConfig:
     queue: int = 256
     """Replies waiting for the room's sender; beyond this a reply fails (``queue_full``)."""
     replies_per_minute: float = 20.0
-    """Per operator (token name; connection when open) and room: the rate of ``chat.reply``."""
+    """Per operator (token name; the connection in open mode) in this room, sustained."""
+    reply_burst: int = 5
+    """Replies an operator may send at once before ``replies_per_minute`` applies."""
 
 
 @attrs.frozen
@@ -559,6 +561,7 @@ _SEND_RULES: _Rules = {
     "backoff_max_s": ("gt", 0),
     "queue": ("ge", 1),
     "replies_per_minute": ("gt", 0),
+    "reply_burst": ("ge", 1),
 }
 _HTTP_POLL_RULES: _Rules = {
     "poll_ms": ("ge", 0),

@@ -12,6 +12,7 @@ from meksd.config import (
     LogConfig,
     ReplaySourceConfig,
     RoomSettings,
+    SendConfig,
     ServerConfig,
     WebsocketSourceConfig,
     load_config,
@@ -39,8 +40,15 @@ def test_production_example_shows_every_key() -> None:
     commented out, so that the example stays in step with meksd/config.py."""
     text = PRODUCTION.read_text("utf-8")
     written = set(re.findall(r"^[# ]*([a-z_]+) = ", text, flags=re.MULTILINE))
-    classes = (ServerConfig, LogConfig, RoomSettings, WebsocketSourceConfig, ReplaySourceConfig)
-    expected = {field.name for cls in classes for field in attrs.fields(cls)} - {"sources"}
+    classes = (
+        ServerConfig,
+        LogConfig,
+        RoomSettings,
+        WebsocketSourceConfig,
+        ReplaySourceConfig,
+        SendConfig,
+    )
+    expected = {field.name for cls in classes for field in attrs.fields(cls)} - {"sources", "send"}
     assert expected - written == set()
 
 

@@ -20,6 +20,10 @@ Decisions:
   pinned message is a success with no delta. A pinned message stays in the chat
   after newer messages push it past ``chat_history`` (at most ``chat_pins`` are
   pinned at once); unpinning such a message drops it.
+* **chat.reply** adds a ``pending`` reply with a server-assigned ``reply_id``
+  (:mod:`meksd.core.replies`; the ack carries it); its text is checked here, against
+  ``RoomConfig.max_reply_chars``, so such a refusal is remembered like the others
+  decided by the room. Delivery is the shell's (``docs/replies.md``).
 * **session.reset** starts a new epoch with an empty session: leaderboard, totals,
   chat and the gift tie-break order start again. What describes the stream *now*
   carries over: viewers, live status, the battle, open and recently closed streaks
@@ -39,6 +43,7 @@ import immutables
 
 from meksd.core.chat import trim_ring
 from meksd.core.reduce import new_room
+from meksd.core.replies import accept_reply, check_reply_text
 from meksd.model.commands import (
     ACTIONS,
     CHAT_ACTIONS,
@@ -48,6 +53,7 @@ from meksd.model.commands import (
     OperatorCommand,
     Remembered,
     ResetSession,
+    SendReply,
 )
 from meksd.model.state import EMPTY_DELTA, ChatUpdate, Delta, RoomState
 
@@ -86,6 +92,11 @@ def parse_command(
                 return FlagChat(cmd_id, known, msg_id)
     if action == "session.reset":
         return ResetSession(cmd_id)
+    if action == "chat.reply":
+        text = args.get("text")
+        if not isinstance(text, str):
+            return CommandResult(False, "bad_args", "expected string @ args.text")
+        return SendReply(cmd_id, text)
     return CommandResult(
         False,
         "unknown_action",
@@ -97,6 +108,8 @@ def fingerprint(command: OperatorCommand) -> str:
     """What a command does, to tell a retry (same) from a reused id (different)."""
     if isinstance(command, FlagChat):
         return f"{command.action} {command.msg_id}"
+    if isinstance(command, SendReply):
+        return f"{command.action} {command.text}"
     return command.action
 
 
@@ -140,6 +153,8 @@ def apply_command(
         return state, EMPTY_DELTA, attrs.evolve(known.result, duplicate=True)
     if isinstance(command, FlagChat):
         new_state, delta, result = _flag_chat(state, command)
+    elif isinstance(command, SendReply):
+        new_state, delta, result = _reply(state, command)
     else:
         new_state, delta, result = _reset(state, command, epoch)
     memory = remember(new_state.commands, command.id, Remembered(fp, result))
@@ -159,6 +174,8 @@ def start_session(state: RoomState, epoch: str) -> RoomState:
         closed_streaks=state.closed_streaks,
         dedup=state.dedup,
         commands=state.commands,
+        replies=state.replies,
+        reply_counter=state.reply_counter,
         counter=state.counter,
         events=state.events,
         duplicates=state.duplicates,
@@ -172,6 +189,14 @@ def _reset(
     if not epoch or epoch == state.epoch:
         raise ValueError(f"session.reset needs a new epoch, got {epoch!r}")
     return start_session(state, epoch), EMPTY_DELTA, CommandResult(True, epoch=epoch)
+
+
+def _reply(state: RoomState, command: SendReply) -> tuple[RoomState, Delta, CommandResult]:
+    problem = check_reply_text(command.text, state.config.max_reply_chars)
+    if problem is not None:
+        return state, EMPTY_DELTA, CommandResult(False, "bad_args", problem)
+    new_state, delta, reply = accept_reply(state, command.text, command.origin)
+    return new_state, delta, CommandResult(True, reply_id=reply.reply_id)
 
 
 def _flag_chat(state: RoomState, command: FlagChat) -> tuple[RoomState, Delta, CommandResult]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 
-from meksd.model.state import ChatItem, ChatUpdate, Delta, LeaderRow
+from meksd.model.state import ChatItem, ChatUpdate, Delta, LeaderRow, Reply
 
 __all__ = ["merge"]
 
@@ -41,7 +41,17 @@ def merge(older: Delta, newer: Delta) -> Delta:
         live=newer.live if newer.live is not None else older.live,
         battle_changed=older.battle_changed or newer.battle_changed,
         battle=newer.battle if newer.battle_changed else older.battle,
+        replies=_merge_replies(older.replies, newer.replies),
     )
+
+
+def _merge_replies(older: tuple[Reply, ...], newer: tuple[Reply, ...]) -> tuple[Reply, ...]:
+    if not older or not newer:
+        return older or newer
+    latest = {reply.reply_id: reply for reply in older}
+    for reply in newer:
+        latest[reply.reply_id] = reply
+    return tuple(latest.values())
 
 
 def _merge_rows(

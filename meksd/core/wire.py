@@ -43,6 +43,7 @@ from meksd.model.state import (
     Delta,
     GiftItem,
     LeaderRow,
+    Reply,
     RoomState,
     Totals,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "gift_item_to_wire",
     "leader_row_to_wire",
     "ranked",
+    "reply_to_wire",
     "snapshot_message",
     "state_to_wire",
     "totals_to_wire",
@@ -168,7 +170,16 @@ def state_to_wire(state: RoomState) -> JSONDict:
         "chat": [chat_item_to_wire(item) for item in state.chat],
         "chat_limit": state.config.chat_history,
         "live": state.live,
+        **({"replies": [reply_to_wire(r) for r in state.replies]} if state.replies else {}),
     }
+
+
+def reply_to_wire(reply: Reply) -> JSONDict:
+    """An operator reply: ``{reply_id, text, status, error?}``."""
+    out: JSONDict = {"reply_id": reply.reply_id, "text": reply.text, "status": reply.status}
+    if reply.error is not None:
+        out["error"] = reply.error
+    return out
 
 
 def snapshot_message(state: RoomState, seq: int) -> JSONDict:
@@ -201,6 +212,8 @@ def delta_message(room: str, epoch: str, seq: int, delta: Delta) -> JSONDict:
         message["live"] = delta.live
     if delta.battle_changed:
         message["battle"] = battle_to_wire(delta.battle)
+    if delta.replies:
+        message["replies"] = [reply_to_wire(r) for r in delta.replies]
     return message
 
 
@@ -246,4 +259,12 @@ def apply_delta(view: JSONDict, delta_msg: JSONDict) -> JSONDict:
     for key in ("totals", "viewers", "live", "battle"):
         if key in delta_msg:
             new[key] = delta_msg[key]
+    replies = delta_msg.get("replies")
+    if replies:  # upsert by reply_id; keep the pending ones and the last chat_limit
+        by_id = {r["reply_id"]: r for r in view.get("replies", [])}
+        for reply in replies:
+            by_id[reply["reply_id"]] = reply
+        kept = list(by_id.values())
+        start = len(kept) - view["chat_limit"]
+        new["replies"] = [r for i, r in enumerate(kept) if i >= start or r["status"] == "pending"]
     return new

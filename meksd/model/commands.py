@@ -17,7 +17,7 @@ import immutables
 
 ChatAction = Literal["chat.pin", "chat.unpin", "chat.hide", "chat.unhide"]
 CHAT_ACTIONS: tuple[ChatAction, ...] = ("chat.pin", "chat.unpin", "chat.hide", "chat.unhide")
-ACTIONS: tuple[str, ...] = (*CHAT_ACTIONS, "session.reset")
+ACTIONS: tuple[str, ...] = (*CHAT_ACTIONS, "session.reset", "chat.reply")
 """Every action this release knows."""
 
 
@@ -40,7 +40,20 @@ class ResetSession:
     action: Literal["session.reset"] = "session.reset"
 
 
-OperatorCommand = FlagChat | ResetSession
+@attrs.frozen
+class SendReply:
+    """``chat.reply``: post ``text`` into the upstream live chat (``docs/replies.md``)."""
+
+    id: str
+    text: str
+    origin: str = ""
+    """The dashboard connection id (set by the shell): where ``reply_result`` goes."""
+    operator: str = ""
+    """Who sent it, for the per-operator rate limit (set by the shell)."""
+    action: Literal["chat.reply"] = "chat.reply"
+
+
+OperatorCommand = FlagChat | ResetSession | SendReply
 
 
 @attrs.frozen
@@ -59,6 +72,8 @@ class CommandResult:
     """For ``session.reset``: the epoch the command started."""
     duplicate: bool = False
     """True when this id was seen before: this is the remembered answer, replayed."""
+    reply_id: str | None = None
+    """For ``chat.reply``: the id the server gave the reply."""
 
 
 @attrs.frozen

@@ -142,6 +142,26 @@ class ChatUpdate:
     hidden: bool
 
 
+ReplyStatus = Literal["pending", "sent", "failed"]
+
+
+@attrs.frozen
+class Reply:
+    """An operator's reply into the live chat (``chat.reply``), as dashboards see it.
+
+    ``pending`` from the command until the sender settles it: ``sent`` (the upstream
+    took it) or ``failed`` with ``error`` (see ``docs/replies.md``). Settled once.
+    """
+
+    reply_id: str
+    """Server-assigned, ``<room>:<epoch>:<n>``; the upstream ``Idempotency-Key``."""
+    text: str
+    status: ReplyStatus = "pending"
+    error: str | None = None
+    origin: str = ""
+    """The dashboard connection that sent it (where ``reply_result`` goes); not on the wire."""
+
+
 @attrs.frozen
 class GiftItem:
     """One gift event as dashboards see it, itemized in deltas.
@@ -198,6 +218,8 @@ class RoomConfig:
     """Most chat messages pinned at once (pinned messages outlive ``chat_history``)."""
     command_memory: int = 1024
     """Operator command ids remembered for idempotent retries (half to all of them)."""
+    max_reply_chars: int = 150
+    """Longest ``chat.reply`` text, in characters."""
 
 
 @attrs.frozen
@@ -229,6 +251,10 @@ class RoomState:
     """Streaks closed by ``expire`` for lack of an end event (cumulative)."""
     commands: CommandMemory = attrs.field(factory=CommandMemory)
     """Results of recent operator command ids; carried across ``session.reset``."""
+    replies: tuple[Reply, ...] = ()
+    """Operator replies, oldest first: every pending one and the last ``chat_history``."""
+    reply_counter: int = 0
+    """Replies accepted so far (names the next ``reply_id``); carried across resets."""
 
 
 @attrs.frozen
@@ -251,6 +277,8 @@ class Delta:
     live: LiveStatus | None = None
     battle_changed: bool = False
     battle: Battle | None = None
+    replies: tuple[Reply, ...] = ()
+    """New or settled operator replies (conflated per ``reply_id``, the newer wins)."""
 
     @property
     def empty(self) -> bool:
@@ -263,6 +291,7 @@ class Delta:
             or self.viewers is not None
             or self.live is not None
             or self.battle_changed
+            or self.replies
         )
 
 

@@ -22,13 +22,15 @@ import orjson
 import trio
 from loguru import logger
 
-from meksd.core.commands import apply_command
+from meksd.core.commands import apply_command, recall
 from meksd.core.delta import merge
+from meksd.core.limits import MessageGate, RateLimit, new_gate, pass_message
 from meksd.core.reduce import expire, next_deadline, reduce
+from meksd.core.replies import ReplySettled, settle_all, settle_reply
 from meksd.core.wire import delta_message
-from meksd.model.commands import CommandResult, ResetSession
+from meksd.model.commands import CommandResult, ResetSession, SendReply
 from meksd.model.events import Event
-from meksd.model.state import EMPTY_DELTA, Delta, RoomState
+from meksd.model.state import EMPTY_DELTA, Delta, Reply, RoomState
 from meksd.runtime.commands import CommandItem, ReplySlot
 from meksd.runtime.hub import RoomFeed
 from meksd.runtime.stats import RoomCounters
@@ -48,7 +50,15 @@ class Probe:
     done: trio.Event = attrs.field(factory=trio.Event)
 
 
-InboxItem = Event | Probe | CommandItem
+NO_UPSTREAM = CommandResult(
+    False, "unavailable", "this room has no [rooms.send] upstream for replies"
+)
+
+REPLY_RATE_LIMITED = CommandResult(
+    False, "rate_limited", "not applied: too many replies from this operator; retry later"
+)
+
+InboxItem = Event | Probe | CommandItem | ReplySettled
 
 
 def _new_epoch() -> str:
@@ -80,6 +90,9 @@ class RoomActor:
         counters: RoomCounters,
         new_epoch: Callable[[], str] | None = None,
         on_session_end: Callable[[RoomState], None] | None = None,
+        outbox: Callable[[Reply, float], bool] | None = None,
+        on_reply_settled: Callable[[Reply, ReplySettled], None] | None = None,
+        reply_limit: RateLimit | None = None,
     ) -> None:
         self.owned = owned
         self.feed = feed
@@ -90,6 +103,14 @@ class RoomActor:
         """Names the epoch a ``session.reset`` starts."""
         self.on_session_end = on_session_end
         """Called (synchronously, after the step) with the state a reset ended."""
+        self.outbox = outbox
+        """Hands an accepted reply to the room's sender (False: its queue is full);
+        None: the room has no ``[rooms.send]`` and ``chat.reply`` is refused."""
+        self.on_reply_settled = on_reply_settled
+        """Called (synchronously, after the step) with each reply settled and its verdict."""
+        self.reply_limit = reply_limit
+        """``chat.reply`` per operator (``SendReply.operator``); None: unlimited."""
+        self._reply_gates: dict[str, MessageGate] = {}
         self._next_publish = -math.inf
         self._log = logger.bind(room=owned.state.room_id)
 
@@ -137,15 +158,25 @@ class RoomActor:
         state, pending, since = self.owned.state, self.owned.pending, self.owned.pending_since
         ended: list[RoomState] = []
         answers: list[tuple[ReplySlot, CommandResult]] = []
+        settled: list[tuple[Reply, ReplySettled]] = []
         events: list[Event] = []
         for item in batch:
-            if isinstance(item, CommandItem):
+            if isinstance(item, ReplySettled):
+                state, pending, since = self._apply_events(state, pending, since, events)
+                events = []
+                state, delta, done = settle_reply(state, item)
+                if done is not None:
+                    settled.append((done, item))
+                    pending, since = merge(pending, delta), min(since, now)
+            elif isinstance(item, CommandItem):
                 state, pending, since = self._apply_events(state, pending, since, events)
                 events = []
                 if not item.reply.open:  # withdrawn: the dashboard stopped waiting
                     continue
                 before = state
-                state, delta, result = self._command(state, item)
+                state, delta, result = self._command(state, item, now)
+                if result.reply_id is not None and not result.duplicate:
+                    state, delta = self._hand_over(state, delta, result.reply_id, now, settled)
                 answers.append((item.reply, result))
                 if state.epoch != before.epoch:
                     ended.append(before)
@@ -170,6 +201,7 @@ class RoomActor:
             self.owned = Owned(state, pending, since)
         for slot, result in answers:
             slot.resolve(result)
+        self._notify(settled)
         if ended:
             self.feed.reset(state, 0)
             for previous in ended:
@@ -189,10 +221,65 @@ class RoomActor:
         state, delta = self._reduce(state, events)
         return state, merge(pending, delta), min(since, min(e.received_at for e in events))
 
+    def _hand_over(
+        self,
+        state: RoomState,
+        delta: Delta,
+        reply_id: str,
+        now: float,
+        settled: list[tuple[Reply, ReplySettled]],
+    ) -> tuple[RoomState, Delta]:
+        """Queue the reply just accepted for the sender; fail it now if its queue is full."""
+        reply = next(r for r in state.replies if r.reply_id == reply_id)
+        if self.outbox is not None and self.outbox(reply, now):
+            return state, delta
+        verdict = ReplySettled(reply_id, False, "queue_full", 0, now)
+        state, more, done = settle_reply(state, verdict)
+        if done is not None:
+            settled.append((done, verdict))
+        return state, merge(delta, more)
+
+    def _reply_allowed(self, operator: str, now: float) -> bool:
+        """Take one reply from ``operator``'s bucket (a refusal is not remembered)."""
+        limit = self.reply_limit
+        if limit is None:
+            return True
+        gates = self._reply_gates
+        if len(gates) >= 4096 and operator not in gates:
+            gates.clear()  # bounded: a forgotten operator starts with a full bucket
+        gate = gates.get(operator) or new_gate(limit, now)
+        gates[operator], verdict = pass_message(gate, limit, now)
+        return verdict == "ok"
+
+    def settle_pending(self, error: str) -> None:
+        """Fail every pending reply with ``error`` and publish it (shutdown). Synchronous."""
+        state, delta, done = settle_all(self.owned.state, error)
+        if not done:
+            return
+        now = trio.current_time()
+        owned = self.owned
+        self.owned = Owned(state, merge(owned.pending, delta), min(owned.pending_since, now))
+        self._publish(now)
+        self._notify([(r, ReplySettled(r.reply_id, False, error, 0, now)) for r in done])
+
+    def _notify(self, settled: list[tuple[Reply, ReplySettled]]) -> None:
+        if self.on_reply_settled is None:
+            return
+        for reply, verdict in settled:
+            try:
+                self.on_reply_settled(reply, verdict)
+            except Exception as exc:
+                self._log.opt(exception=exc).error("reply hook failed", event="reply_hook_error")
+
     def _command(
-        self, state: RoomState, item: CommandItem
+        self, state: RoomState, item: CommandItem, now: float
     ) -> tuple[RoomState, Delta, CommandResult]:
         command = item.command
+        if isinstance(command, SendReply) and recall(state.commands, command.id) is None:
+            if self.outbox is None:
+                return state, EMPTY_DELTA, NO_UPSTREAM
+            if not self._reply_allowed(command.operator, now):
+                return state, EMPTY_DELTA, REPLY_RATE_LIMITED
         try:
             epoch = self.new_epoch() if isinstance(command, ResetSession) else ""
             return apply_command(state, command, epoch=epoch)

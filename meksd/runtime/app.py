@@ -28,9 +28,11 @@ from loguru import logger
 
 from meksd.config import Config, RoomSettings, load_config, room_config
 from meksd.core.reduce import reconfigure
+from meksd.core.replies import ReplySettled
 from meksd.core.wire import state_to_wire
 from meksd.errors import ConfigError
 from meksd.logsetup import configure_logging, flush_suppressed
+from meksd.model.state import Reply
 from meksd.runtime.actor import InboxItem, Owned
 from meksd.runtime.admin import AdminServer
 from meksd.runtime.commands import CommandRouter
@@ -100,6 +102,7 @@ class App:
         )
         if self.store is not None:
             room.session_hooks.append(self.store.session_ended)
+        room.reply_hooks.append(self._reply_settled)
         scope = trio.CancelScope()
         self.rooms[room.room_id] = room
         self._room_scopes[room.room_id] = scope
@@ -116,12 +119,30 @@ class App:
         await self._nursery.start(run_room)
         return room
 
+    def _reply_settled(self, reply: Reply, verdict: ReplySettled) -> None:
+        """Tell the operator who sent ``reply`` how it ended (if still connected)."""
+        message: dict[str, object] = {
+            "type": "reply_result",
+            "reply_id": reply.reply_id,
+            "ok": verdict.ok,
+        }
+        if not verdict.ok:
+            message["error"] = reply.error
+        self.dashboards.notify(reply.origin, message)
+
     def _room_inbox(self, room_id: str) -> trio.MemorySendChannel[InboxItem] | None:
         room = self.rooms.get(room_id)
         return None if room is None else room.inbox
 
     def stop_room(self, room_id: str, *, keep_feed: bool = False) -> Room | None:
-        """Cancel a room's tasks; unless ``keep_feed``, remove it (its dashboards are told)."""
+        """Cancel a room's tasks; unless ``keep_feed``, remove it (its dashboards are told).
+
+        Its pending operator replies are settled ``failed: shutdown`` first, in this
+        synchronous call, so a restarted room (reload) takes over none of them.
+        """
+        running = self.rooms.get(room_id)
+        if running is not None:
+            running.settle_replies("shutdown")
         if not keep_feed:
             self.hub.remove(room_id)
         scope = self._room_scopes.pop(room_id, None)

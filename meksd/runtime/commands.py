@@ -36,7 +36,7 @@ import trio
 from loguru import logger
 
 from meksd.core.commands import parse_command
-from meksd.model.commands import CommandResult, FlagChat, OperatorCommand
+from meksd.model.commands import CommandResult, FlagChat, OperatorCommand, SendReply
 from meksd.model.wire import Command
 
 if TYPE_CHECKING:
@@ -157,6 +157,8 @@ def ack_message(cmd_id: str, result: CommandResult) -> dict[str, Any]:
         ack["epoch"] = result.epoch
     if result.duplicate:
         ack["duplicate"] = True
+    if result.reply_id is not None:
+        ack["reply_id"] = result.reply_id
     return ack
 
 
@@ -167,6 +169,7 @@ async def answer_command(
     known_room: bool,
     router: CommandRouter | None,
     conn_id: str,
+    operator: str | None = None,
 ) -> dict[str, Any]:
     """Decide one dashboard ``command``; the ``ack`` to send. Every command is logged
     with its outcome (``event=command``): the operators' audit trail."""
@@ -177,6 +180,8 @@ async def answer_command(
         result = CommandResult(False, "unknown_room", f"no room {msg.room!r}")
     else:
         parsed = parse_command(msg.id, msg.action, msg.args)
+        if isinstance(parsed, SendReply):
+            parsed = attrs.evolve(parsed, origin=conn_id, operator=operator or conn_id)
         if isinstance(parsed, CommandResult):
             result = parsed
         elif router is None:

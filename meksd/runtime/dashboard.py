@@ -327,6 +327,8 @@ class Dashboard:
                 known_room=self.hub.get(msg.room) is not None,
                 router=self.commands,
                 conn_id=self.conn_id,
+                # Token mode: the token's name; open mode: each connection on its own.
+                operator=self.grant.name if self.grant and self.grant is not OPEN_GRANT else None,
             )
             self.send_json(ack)
 

@@ -224,6 +224,11 @@ class AppCollector:
             add("meksd_ingest_queue_peak", (rid,), c.ingest_peak)
             add("meksd_ingest_queue_capacity", (rid,), room.settings.ingest_queue)
             add("meksd_actor_restarts", (rid,), c.actor_restarts)
+            add("meksd_replies_sent", (rid,), c.replies_sent)
+            for reason, n in sorted(c.replies_failed.items()):
+                add("meksd_replies_failed", (rid, reason), n)
+            add("meksd_reply_attempts", (rid,), c.reply_attempts)
+            add("meksd_reply_settle_seconds", (rid,), c.reply_settle_s)
             feed = room.feed.statistics()
             add("meksd_room_seq", (rid,), feed.seq)
             add("meksd_deltas_published", (rid,), feed.published)
@@ -354,6 +359,22 @@ class AppCollector:
             CounterMetricFamily(
                 "meksd_actor_restarts",
                 "Room actor failures, each followed by a restart from the last good state.",
+                labels=room,
+            ),
+            CounterMetricFamily(
+                "meksd_replies_sent", "Operator replies the upstream took.", labels=room
+            ),
+            CounterMetricFamily(
+                "meksd_replies_failed",
+                "Operator replies settled as failed, by reason.",
+                labels=["room", "reason"],
+            ),
+            CounterMetricFamily(
+                "meksd_reply_attempts", "POSTs made for settled operator replies.", labels=room
+            ),
+            CounterMetricFamily(
+                "meksd_reply_settle_seconds",
+                "Sum of seconds from acceptance to settlement of operator replies.",
                 labels=room,
             ),
             GaugeMetricFamily("meksd_room_seq", "Seq of the newest published delta.", labels=room),

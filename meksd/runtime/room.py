@@ -21,20 +21,24 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+import attrs
 import trio
 from loguru import logger
 
 from meksd.config import RoomSettings, room_config
 from meksd.core.failover import Policy
+from meksd.core.limits import RateLimit
 from meksd.core.normalize import normalize
 from meksd.core.reduce import new_room
+from meksd.core.replies import ReplySettled, settle_all
 from meksd.model.events import Rejected, Unknown
 from meksd.model.raw import RawRecord
-from meksd.model.state import RoomState
+from meksd.model.state import Reply, RoomState
 from meksd.runtime.actor import InboxItem, Owned, Probe, RoomActor
 from meksd.runtime.failover import SourceSelector
 from meksd.runtime.hub import RoomFeed
 from meksd.runtime.ratelimit import LogLimiter
+from meksd.runtime.replies import Queued, ReplySender
 from meksd.runtime.sources import NETWORK_KINDS, Pacing, make_source
 from meksd.runtime.stats import RoomCounters
 
@@ -63,6 +67,15 @@ class Room:
         self.room_id = settings.id
         if owned is None:
             owned = Owned(new_room(settings.id, new_epoch(), room_config(settings)))
+        else:  # restored: no sender holds its pending replies any more
+            state, _, lost = settle_all(owned.state, "restart")
+            if lost:
+                owned = attrs.evolve(owned, state=state)
+                logger.bind(room=settings.id).warning(
+                    "{n} operator replies pending at the last stop settled as failed",
+                    n=len(lost),
+                    event="replies_lost",
+                )
         self.tick_s = tick_s
         self.counters = RoomCounters()
         # ``seq``: where a restored room's feed goes on (meksd.runtime.store).
@@ -75,6 +88,9 @@ class Room:
         self.session_hooks: list[Callable[[RoomState], None]] = []
         """Called with each ended session's state, in the actor's step: must not block."""
         self._raw_receive: trio.MemoryReceiveChannel[RawRecord] | None = None
+        self._replies: trio.MemorySendChannel[Queued] | None = None
+        self.reply_hooks: list[Callable[[Reply, ReplySettled], None]] = []
+        """Called with each settled reply (the app routes ``reply_result``): must not block."""
         self._log = logger.bind(room=self.room_id)
         self._reject_log = LogLimiter(interval_s=10.0)
         # Sources in failover order; see meksd.runtime.failover and docs/sources.md.
@@ -129,6 +145,44 @@ class Room:
         for hook in self.session_hooks:
             hook(previous)
 
+    def settle_replies(self, error: str) -> None:
+        """Fail every pending reply with ``error`` and publish it. Synchronous."""
+        if self._actor is not None:
+            self._actor.settle_pending(error)
+
+    def _reply_limit(self) -> RateLimit | None:
+        send = self.settings.send
+        if send is None:
+            return None
+        return RateLimit(rate=send.replies_per_minute / 60, burst=send.reply_burst)
+
+    def _queue_reply(self, reply: Reply, accepted_at: float) -> bool:
+        assert self._replies is not None
+        try:
+            self._replies.send_nowait((reply, accepted_at))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def _reply_settled(self, reply: Reply, verdict: ReplySettled) -> None:
+        c = self.counters
+        if verdict.ok:
+            c.replies_sent += 1
+        else:
+            c.replies_failed[verdict.error or "failed"] += 1
+        c.reply_attempts += verdict.attempts
+        c.reply_settle_s += max(0.0, trio.current_time() - verdict.accepted_at)
+        self._log.info(
+            "reply {reply_id}: {outcome}",
+            reply_id=reply.reply_id,
+            outcome="sent" if verdict.ok else verdict.error,
+            attempts=verdict.attempts,
+            conn=reply.origin,
+            event="reply_settled",
+        )
+        for hook in self.reply_hooks:
+            hook(reply, verdict)
+
     async def probe(self) -> None:
         """Round trip through the actor: returns once it has handled all queued before."""
         if self._inbox_send is None:
@@ -144,7 +198,26 @@ class Room:
         inbox_send, inbox_receive = trio.open_memory_channel[InboxItem](settings.ingest_queue)
         self._raw_receive = raw_receive
         self._inbox_send = inbox_send
+        try:
+            await self._run(raw_send, raw_receive, inbox_send, inbox_receive, task_status)
+        finally:
+            self.settle_replies("shutdown")  # synchronous: runs even while cancelled
+
+    async def _run(
+        self,
+        raw_send: trio.MemorySendChannel[RawRecord],
+        raw_receive: trio.MemoryReceiveChannel[RawRecord],
+        inbox_send: trio.MemorySendChannel[InboxItem],
+        inbox_receive: trio.MemoryReceiveChannel[InboxItem],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        settings = self.settings
         async with trio.open_nursery() as nursery:
+            if settings.send is not None:
+                send, receive = trio.open_memory_channel[Queued](settings.send.queue)
+                self._replies = send
+                sender = ReplySender(self.room_id, settings.send, receive, inbox_send.send)
+                await nursery.start(sender.run)
             await nursery.start(self._supervise, "actor", self._make_actor_runner(inbox_receive))
             nursery.start_soon(self._normalize, raw_receive, inbox_send)
             if self.sources:
@@ -165,6 +238,9 @@ class Room:
                 counters=self.counters,
                 new_epoch=new_epoch,
                 on_session_end=self._session_ended,
+                outbox=self._queue_reply if self._replies is not None else None,
+                reply_limit=self._reply_limit(),
+                on_reply_settled=self._reply_settled,
             )
             await self._actor.run()
 

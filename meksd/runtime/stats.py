@@ -50,6 +50,14 @@ class RoomCounters:
     """Records read by a source that was not the active one, not forwarded."""
     last_event_at: float | None = None
     """``trio.current_time()`` of the last record received."""
+    replies_sent: int = 0
+    """Operator replies the upstream took."""
+    replies_failed: Counter[str] = attrs.field(factory=Counter)
+    """Operator replies settled as failed, by reason."""
+    reply_attempts: int = 0
+    """POSTs made for settled replies."""
+    reply_settle_s: float = 0.0
+    """Sum of the seconds from acceptance to settlement of settled replies."""
 
 
 @attrs.define

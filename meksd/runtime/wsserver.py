@@ -82,6 +82,8 @@ class DashboardServer:
         self.latency: HistogramFamily | None = None
         self.commands: CommandRouter | None = None
         self._ids = itertools.count(1)
+        self.by_conn: dict[str, Dashboard] = {}
+        """Open dashboards by connection id (where a ``reply_result`` goes)."""
         self._per_address: Counter[str] = Counter()
         self._log_limiter = LogLimiter(interval_s=10.0)
         self._accept_scope = trio.CancelScope()
@@ -298,13 +300,23 @@ class DashboardServer:
                 event="conn_refused",
             )
 
+    def notify(self, conn_id: str, message: dict[str, object]) -> bool:
+        """Send ``message`` to the connection ``conn_id`` if it is still here. Synchronous."""
+        dash = self.by_conn.get(conn_id)
+        if dash is None or dash.conn.dead:
+            return False
+        dash.send_json(message)
+        return True
+
     def _add(self, dash: Dashboard) -> None:
+        self.by_conn[dash.conn_id] = dash
         self.dashboards.add(dash)
         self.accepted += 1
         if self._idle.is_set():
             self._idle = trio.Event()
 
     def _discard(self, dash: Dashboard) -> None:
+        self.by_conn.pop(dash.conn_id, None)
         self.dashboards.discard(dash)
         if not self.dashboards:
             self._idle.set()

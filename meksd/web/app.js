@@ -10,6 +10,7 @@
   const TOP_N = 20; // leaderboard rows shown
   const GIFT_FEED = 40; // gift items shown
   const CHAT_SHOWN = 60; // latest chat messages rendered
+  const REPLIES_SHOWN = 10; // latest operator replies rendered
   const BACKOFF_MIN_MS = 250;
   const BACKOFF_MAX_MS = 10000;
   const LAGGED_SHOW_MS = 2500;
@@ -62,6 +63,7 @@
     if (dirty.has("battle")) renderBattle();
     if (dirty.has("gifts")) renderGifts();
     if (dirty.has("chat")) renderChat();
+    if (dirty.has("replies")) renderReplies();
   }
 
   function setStatus() {
@@ -257,6 +259,22 @@
     list.replaceChildren(frag);
   }
 
+  // Operator replies: pending, then sent or failed (with the reason). Text only.
+  function renderReplies() {
+    const items = m.view.replies.slice(-REPLIES_SHOWN);
+    const list = $("replies");
+    list.replaceChildren(
+      ...items.map((r) => {
+        const li = document.createElement("li");
+        li.dataset.status = r.status;
+        const label = r.status === "failed" ? `failed: ${r.error || "?"}` : r.status;
+        li.append(span("who", "you"), span("text", r.text), span("status", label));
+        return li;
+      }),
+    );
+    list.scrollTop = list.scrollHeight;
+  }
+
   function renderRole() {
     document.body.dataset.role = m.role;
     $("role").textContent = m.role;
@@ -352,6 +370,7 @@
       chat: s.chat,
       chat_limit: s.chat_limit,
       live: s.live,
+      replies: s.replies || [],
     };
     if (newEpoch) {
       m.gifts = [];
@@ -361,7 +380,7 @@
     m.epoch = msg.epoch;
     m.seq = msg.seq;
     m.synced = true;
-    mark("badge", "counters", "leaderboard", "battle", "gifts", "chat");
+    mark("badge", "counters", "leaderboard", "battle", "gifts", "chat", "replies");
   }
 
   function takeDelta(d) {
@@ -389,6 +408,16 @@
       const start = items.length - v.chat_limit;
       v.chat = v.chat_limit > 0 ? items.filter((c, i) => i >= start || c.pinned) : [];
       mark("chat");
+    }
+    if (d.replies) {
+      // Upsert by reply_id (a settled reply keeps its place); keep the pending ones
+      // and the last chat_limit (protocol: delta).
+      const byId = new Map(v.replies.map((r) => [r.reply_id, r]));
+      for (const r of d.replies) byId.set(r.reply_id, r);
+      const all = Array.from(byId.values());
+      const start = all.length - v.chat_limit;
+      v.replies = all.filter((r, i) => i >= start || r.status === "pending");
+      mark("replies");
     }
     if (d.gifts) {
       for (const g of d.gifts) takeGift(g);
@@ -457,6 +486,9 @@
         break;
       case "ack":
         takeAck(msg);
+        break;
+      case "reply_result":
+        if (!msg.ok) toast(`reply ${msg.reply_id} failed: ${msg.error}`);
         break;
       case "error":
         if (msg.code === "room_closed" || msg.code === "unknown_room") {
@@ -642,6 +674,14 @@
       chatHover = false;
       chatResume = true; // hovering paused the chat; leaving resumes it
       mark("chat");
+    });
+    $("reply-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const input = $("reply-text");
+      const text = input.value.trim();
+      if (!m.room || !text) return;
+      command("chat.reply", { text }, "Reply");
+      input.value = "";
     });
     $("reset").addEventListener("click", () => {
       if (!m.room) return;
