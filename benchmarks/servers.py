@@ -87,6 +87,8 @@ def meksd_config(ws_port: int, admin_port: int, rooms: list[str], feed_urls: lis
         "[log]",
         'level = "INFO"',
     ]
+    if os.environ.get("MEKSD_BENCH_NO_STORE"):  # to measure what the store costs
+        lines += ["", "[storage]", "enabled = false"]
     for room, url in zip(rooms, feed_urls, strict=True):
         lines += [
             "",
