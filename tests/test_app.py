@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -271,3 +272,25 @@ async def test_a_connection_closed_before_its_handshake_ends_at_once(app: App) -
         while app.dashboards.totals.refused["abandoned"] < 3:
             await trio.sleep(0.01)
     assert not app.dashboards._per_address
+
+
+async def test_unknown_event_types_are_counted_in_bounded_memory(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A feed inventing event type names cannot grow the room's counters without end."""
+    from meksd.runtime.room import MAX_UNKNOWN_TYPES
+
+    n = MAX_UNKNOWN_TYPES + 50
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text("".join(f'{{"event": "made_up_{i}", "data": {{}}}}\n' for i in range(n)))
+    text = BASE.format(tick=16, ring=64) + (
+        f'[[rooms]]\nid = "r"\n[[rooms.sources]]\nkind = "replay"\npath = "{feed}"\nspeed = 0.0\n'
+    )
+    app: App = await nursery.start(App(parse_config(text)).run)
+    room = app.rooms["r"]
+    with trio.fail_after(10):
+        while sum(room.counters.unknown.values()) < n:
+            await trio.sleep(0.01)
+    assert len(room.counters.unknown) == MAX_UNKNOWN_TYPES + 1
+    assert room.counters.unknown["_other"] == 50
+    nursery.cancel_scope.cancel()

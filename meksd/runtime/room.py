@@ -42,6 +42,8 @@ from meksd.runtime.replies import Queued, ReplySender
 from meksd.runtime.sources import NETWORK_KINDS, Pacing, make_source
 from meksd.runtime.stats import RoomCounters
 
+MAX_UNKNOWN_TYPES = 256
+"""Distinct unknown event types counted by name per room; the rest count as ``_other``."""
 RESTART_BACKOFF_S = (0.1, 0.5, 2.0, 5.0)
 
 
@@ -303,6 +305,13 @@ class Room:
                             source=raw.source,
                         )
                 elif isinstance(item, Unknown):
-                    counters.unknown[item.event_type] += 1
+                    # Type names come from the feed: a hostile one must not grow this.
+                    known = item.event_type in counters.unknown
+                    kind = (
+                        item.event_type
+                        if known or len(counters.unknown) < MAX_UNKNOWN_TYPES
+                        else "_other"
+                    )
+                    counters.unknown[kind] += 1
                 else:
                     await inbox.send(item)
