@@ -99,7 +99,7 @@
     }
     const live = $("live");
     live.dataset.live = v.live;
-    live.textContent = v.live === "live" ? "LIVE" : "ENDED";
+    live.textContent = { live: "LIVE", paused: "PAUSED", ended: "ENDED" }[v.live] || String(v.live).toUpperCase();
   }
 
   function ranked() {
