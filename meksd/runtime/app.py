@@ -5,7 +5,7 @@
     serve(config)                     signals; sd_notify; watchdog; gc.freeze once up
     └── App.run                       root nursery
         ├── Room.run  x N             each in its own cancel scope
-        ├── DashboardServer.run       per dashboard: reader, writers, heartbeat
+        ├── DashboardServer.run       per dashboard: reader, writer, catch-up pump, heartbeat
         ├── Metrics.run               event-loop lag, GC pauses
         └── AdminServer.run           /healthz /readyz /metrics /api/rooms
 

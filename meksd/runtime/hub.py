@@ -1,10 +1,11 @@
-"""The hub: where a room's actor publishes and its dashboards' writers read.
+"""The hub: where a room's actor publishes and its dashboards read.
 
 Per room there is one :class:`RoomFeed`: a ring of the last ``ring_size`` encoded
-deltas, the state as of the newest one, and a wake-up event. Publishing is an
-append and a wake-up; it never waits for a reader and costs the same whatever the
-number of dashboards. Each dashboard's writer keeps its own cursor (the next seq it
-owes its client) and reads the ring at its own pace; one that falls off the ring is
+deltas, the state as of the newest one, and the set of *live* subscribers (caught
+up, nothing waiting on their socket). Publishing appends to the ring and writes the
+delta's frame to each live subscriber with one non-blocking send; it never waits for
+a reader. A subscriber that cannot take the frame leaves the live set and its
+dashboard catches it up from the ring at its own pace; one that falls off the ring is
 *lagged* and gets a snapshot instead (see :mod:`meksd.runtime.dashboard`).
 
 Deltas are encoded to bytes once per room, here, not once per dashboard. A snapshot
@@ -18,7 +19,6 @@ from typing import Protocol
 
 import attrs
 import orjson
-import trio
 
 from meksd.core.wire import snapshot_message
 from meksd.model.state import RoomState
@@ -60,7 +60,7 @@ class Subscriber(Protocol):
 class RoomFeed:
     """One room's publication point. Only the room's actor calls the mutators.
 
-    Every method is synchronous and never checkpoints, except :meth:`wait_beyond`.
+    Every method is synchronous and never checkpoints.
     """
 
     def __init__(self, state: RoomState, seq: int, *, ring_size: int) -> None:
@@ -74,7 +74,6 @@ class RoomFeed:
         self._epoch = state.epoch
         self._seq = seq
         self._first_seq = seq + 1  # ring empty: nothing older than seq is kept
-        self._changed = trio.Event()
         self._live: set[Subscriber] = set()
         self._closed = False
         self._snapshot: tuple[int, str, bytes] | None = None
@@ -140,11 +139,6 @@ class RoomFeed:
         self._snapshots_encoded += 1
         return self._seq, body
 
-    async def wait_beyond(self, seq: int, epoch: str) -> None:
-        """Return once there is something after ``seq`` of ``epoch``, or the feed closed."""
-        while self._seq <= seq and self._epoch == epoch and not self._closed:
-            await self._changed.wait()
-
     def statistics(self) -> FeedStatistics:
         return FeedStatistics(
             epoch=self._epoch,
@@ -163,11 +157,6 @@ class RoomFeed:
 
     def leave(self, sub: Subscriber) -> None:
         self._live.discard(sub)
-
-    @property
-    def live_count(self) -> int:
-        """Subscribers written to directly by :meth:`publish`."""
-        return len(self._live)
 
     def publish(self, seq: int, body: bytes, state: RoomState, received_at: float) -> None:
         """Append the encoded delta ``seq`` and wake every waiting writer.
@@ -194,7 +183,6 @@ class RoomFeed:
                 self._live.discard(sub)
             if self.on_delivered is not None:
                 self.on_delivered(received_at)
-        self._wake()
 
     def reset(self, state: RoomState, seq: int) -> None:
         """Start a new history (a new epoch): the ring is emptied, writers resync."""
@@ -205,23 +193,17 @@ class RoomFeed:
         self._ring = [b""] * self._ring_size
         self._times = [0.0] * self._ring_size
         self._unlive_all()
-        self._wake()
 
     def close(self) -> None:
         """The room is gone (removed by a reload or shut down); writers stop."""
         self._closed = True
         self._unlive_all()
-        self._wake()
 
     def _unlive_all(self) -> None:
         """Every live subscriber must look at the feed again (new epoch, or closed)."""
         live, self._live = self._live, set()
         for sub in live:
             sub.unlive()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
 
 
 class Hub:

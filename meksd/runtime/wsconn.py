@@ -57,11 +57,6 @@ def text_frame(payload: bytes) -> bytes:
     return _frame(0x81, payload)
 
 
-def binary_frame(payload: bytes) -> bytes:
-    """One unmasked, final binary frame carrying ``payload``."""
-    return _frame(0x82, payload)
-
-
 def _frame(first: int, payload: bytes) -> bytes:
     n = len(payload)
     if n < 126:
