@@ -42,7 +42,7 @@ from meksd.core.commands import start_session
 from meksd.core.persist import PersistError, state_from_bytes, state_to_bytes
 from meksd.errors import DataError, InputError, StoreError, UsageError
 from meksd.model.state import RoomState
-from meksd.runtime.storedb import Row, StoreDB, StoredRoom, StoreLock, store_path
+from meksd.runtime.storedb import RoomWrite, StoreDB, StoredRoom, StoreLock, store_path
 
 __all__ = ["add_arguments"]
 
@@ -108,7 +108,7 @@ def _export(args: argparse.Namespace) -> int:
     with _open(path, readonly=True) as db:
         stored = _room(db, args.room, path)
     state, seq = _decode(stored, path)
-    data = stored.state + b"\n"
+    data = state_to_bytes(state, seq) + b"\n"
     if args.output:
         try:
             Path(args.output).write_bytes(data)
@@ -157,7 +157,7 @@ def _reset(args: argparse.Namespace) -> int:
     with _locked(path), _open(path, readonly=False) as db:
         stored = _room(db, args.room, path)
         try:
-            old, _ = state_from_bytes(stored.state)
+            old, _ = stored.decode()
         except PersistError:
             # Unreadable: keep it in the history; the room starts anew at the next start.
             db.archive(args.room, "reset (unreadable)")
@@ -224,7 +224,7 @@ def _room(db: StoreDB, room_id: str, path: Path) -> StoredRoom:
 
 def _decode(stored: StoredRoom, path: Path) -> tuple[RoomState, int]:
     try:
-        return state_from_bytes(stored.state)
+        return stored.decode()
     except PersistError as exc:
         raise StoreError(
             f"the stored state of room {stored.room_id!r} in {path} is unreadable: {exc}"
@@ -237,5 +237,5 @@ def _new_epoch() -> str:
     return new_epoch()
 
 
-def _row(state: RoomState) -> Row:
-    return Row(state.room_id, state.epoch, 0, state_to_bytes(state, 0))
+def _row(state: RoomState) -> RoomWrite:
+    return RoomWrite.whole(state, 0)

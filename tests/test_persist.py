@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
 
 import attrs
@@ -14,8 +15,9 @@ from hypothesis import strategies as st
 from meksd.core import persist
 from meksd.core.commands import apply_command
 from meksd.core.persist import FORMAT, PersistError, rebase_clock, state_from_bytes, state_to_bytes
-from meksd.core.reduce import new_room, next_deadline
+from meksd.core.reduce import new_room, next_deadline, reduce
 from meksd.model.commands import FlagChat, ResetSession
+from meksd.model.events import ChatMessage, GiftSent, User
 from meksd.model.state import RoomConfig, RoomState
 from tests.strategies import PROPERTY, json_values, room_scripts, run_script, streak_scenarios
 
@@ -78,10 +80,10 @@ def test_the_document_is_versioned_json() -> None:
     state = new_room("r", "e", CONFIG)
     doc = json.loads(state_to_bytes(state, 3))
     assert doc["format"] == FORMAT
-    assert doc["version"] == 1
+    assert doc["version"] == persist.VERSION == 2
     assert doc["seq"] == 3
     assert doc["state"]["room_id"] == "r"
-    assert doc["state"]["dedup"] == {"capacity": 16, "current": [], "previous": []}
+    assert doc["state"]["dedup"] == {"capacity": 16, "segment": 0, "current": [], "sealed": []}
 
 
 def test_lone_surrogates_from_a_feed_survive() -> None:
@@ -98,7 +100,7 @@ def test_lone_surrogates_from_a_feed_survive() -> None:
         (b"\xff", "not UTF-8 JSON"),
         (b"[]", "expected a JSON object @ $"),
         (b'{"format": "other"}', "format is not 'meksd.room-state' @ $.format"),
-        (b'{"format": "meksd.room-state", "version": 2}', "unsupported version 2"),
+        (b'{"format": "meksd.room-state", "version": 3}', "unsupported version 3"),
         (b'{"format": "meksd.room-state", "version": 1, "seq": -1}', "@ $.seq"),
         (b'{"format": "meksd.room-state", "version": 1, "seq": 1}', "missing @ $.state"),
         (b'{"format": "meksd.room-state", "version": 1, "seq": 1, "x": 1}', "unknown key 'x'"),
@@ -184,3 +186,114 @@ def test_rebase_clock_moves_every_streak_time_and_nothing_else(
     deadline = next_deadline(state)
     if deadline is not None:
         assert next_deadline(moved) == pytest.approx(deadline + offset)
+
+
+# --------------------------------------------------------------------------- store parts
+
+
+class Disk:
+    """What the store file holds of one room: a head and parts, changed as the store
+    changes them (``meksd.runtime.storedb`` in a dict)."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.parts: dict[tuple[str, str], bytes] = {}
+        self.written = 0
+
+    def apply(self, write: persist.PartsWrite) -> None:
+        if write.full:
+            self.parts.clear()
+        for gone in write.deletes:
+            del self.parts[gone]  # a delete names a part that is there
+        for kind, key, value in write.upserts:
+            self.parts[kind, key] = value
+            self.written += len(value)
+        self.head = write.head
+
+    def read(self) -> tuple[RoomState, int]:
+        return persist.state_from_parts(self.head, [(*k, v) for k, v in self.parts.items()])
+
+
+@PROPERTY
+@given(room_scripts(), st.data())
+def test_incremental_writes_hold_the_state_after_every_flush(
+    script: list[Any], data: st.DataObject
+) -> None:
+    """Flushing after random steps, each write only the change from the previous one,
+    the store holds exactly the state of that flush: every leaderboard row, streak
+    (open, closed, pruned), remembered msgId (segments sealed and forgotten)."""
+    state = new_room("r", "e0", CONFIG)
+    disk = Disk()
+    base: RoomState | None = None
+    for n, step in enumerate(script):
+        state, _ = run_script(state, [step])
+        if step is script[-1] or data.draw(st.booleans(), label=f"flush after step {n}"):
+            disk.apply(persist.state_to_parts(state, n, base=base))
+            base = state
+            assert disk.read() == (state, n)
+
+
+def test_an_unchanged_room_writes_only_its_head() -> None:
+    """A flush with nothing new writes no part; one new msgId rewrites only the open
+    segment; a sealed segment is written once."""
+    state = new_room("r", "e0", RoomConfig(dedup_window=32))  # segments of 2 ids
+    state, _ = reduce(state, [chat("m1"), chat("m2"), chat("m3")])
+    first = persist.state_to_parts(state, 1)
+    assert first.full
+    assert {(k, key) for k, key, _ in first.upserts} == {("msgids", "0"), ("msgids", "1")}
+    again = persist.state_to_parts(state, 1, base=state)
+    assert (again.upserts, again.deletes, again.full) == ((), (), False)
+    later, _ = reduce(state, [chat("m4")])
+    step = persist.state_to_parts(later, 2, base=state)
+    # segment 1 is sealed (written once more, complete), segment 2 opens
+    assert sorted((k, key) for k, key, _ in step.upserts) == [("msgids", "1"), ("msgids", "2")]
+    last, _ = reduce(later, [chat("m5")])
+    step = persist.state_to_parts(last, 3, base=later)
+    assert [(k, key) for k, key, _ in step.upserts] == [("msgids", "2")]
+
+
+def chat(msg_id: str) -> ChatMessage:
+    return ChatMessage(msg_id, User("u"), "hi", 0.0, 0)
+
+
+def test_streak_times_are_offset_only_in_what_is_written() -> None:
+    """``offset`` moves the times written (unix seconds) without changing the state."""
+    gift = GiftSent("g1", User("u"), "rose", "Rose", 1, 2, False, "grp", 1, 5.0, 0)
+    state, _ = reduce(new_room("r", "e0", CONFIG), [gift])
+    assert state.streaks
+    disk = Disk()
+    disk.apply(persist.state_to_parts(state, 1, offset=1000.0))
+    assert disk.read() == (rebase_clock(state, 1000.0), 1)
+
+
+def test_a_version_1_document_reads_as_one_sealed_segment() -> None:
+    """A store row written by version 1 (a whole document, two generations of
+    msgIds) still reads; ``previous`` becomes the one sealed segment."""
+    state = new_room("r", "e0", CONFIG)
+    doc = json.loads(state_to_bytes(state, 4))
+    doc["version"] = 1
+    doc["state"]["dedup"] = {"capacity": 16, "current": ["c"], "previous": ["a", "b"]}
+    old, seq = persist.state_from_parts(json.dumps(doc).encode(), [])
+    assert seq == 4
+    assert (set(old.dedup.current), [set(s) for s in old.dedup.sealed]) == ({"c"}, [{"a", "b"}])
+    assert old.dedup.segment == 1
+
+
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        ([("leader", "u", b"{")], "part leader 'u': not JSON"),
+        ([("nope", "u", b"{}")], "unknown part nope 'u'"),
+        ([("msgids", "x", b"[]")], "unknown part msgids 'x'"),
+        ([("msgids", "9", b"[]")], "part msgids 9 is newer than segment 0"),
+        ([("leader", "u", b"{}")], "@ $.state.leaderboard[0]"),
+        ([("msgids", "0", b"[1]")], "expected string @ current[0]"),
+    ],
+)
+def test_parts_that_do_not_decode_are_refused_with_where(
+    parts: list[persist.Part], message: str
+) -> None:
+    """A store row whose parts are damaged raises ``PersistError`` naming the part."""
+    head = persist.state_to_parts(new_room("r", "e0", CONFIG), 0).head
+    with pytest.raises(PersistError, match=re.escape(message)):
+        persist.state_from_parts(head, parts)

@@ -18,11 +18,12 @@ from loguru import logger
 from prometheus_client.parser import text_string_to_metric_families
 
 from meksd.config import Config, StorageConfig, parse_config
-from meksd.core.persist import state_from_bytes
+from meksd.core.persist import PartsWrite, state_to_bytes
 from meksd.errors import StoreBusyError
+from meksd.model.events import ChatMessage, User
 from meksd.model.state import RoomState
 from meksd.runtime.app import App
-from meksd.runtime.storedb import Row, StoreDB, store_path
+from meksd.runtime.storedb import RoomWrite, StoreDB, store_path
 from tests.support import DashClient, open_dashboard, serve_feed
 
 CONFIG = """
@@ -84,6 +85,11 @@ async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.01)
+
+
+def raw_row(room_id: str, epoch: str, seq: int, head: bytes) -> RoomWrite:
+    """A room row holding ``head`` as it is (no parts), readable or not."""
+    return RoomWrite(room_id, epoch, seq, PartsWrite(head, (), (), full=True))
 
 
 def published(app: App) -> RoomState:
@@ -275,7 +281,7 @@ async def test_a_damaged_store_file_is_moved_aside_and_rooms_start_new_epochs(
     finally:
         db.close()
     assert room is not None
-    assert state_from_bytes(room.state)[0].totals.diamonds == diamonds
+    assert room.decode()[0].totals.diamonds == diamonds
 
 
 async def test_an_unreadable_room_row_goes_to_the_history(
@@ -285,7 +291,7 @@ async def test_an_unreadable_room_row_goes_to_the_history(
     deleted, and the room starts anew."""
     store = tmp_path / "s.sqlite3"
     db = StoreDB.open(store)
-    db.write([Row("a", "old-epoch", 9, b'{"format": "meksd.room-state", "version": 1}')])
+    db.write([raw_row("a", "old-epoch", 9, b'{"format": "meksd.room-state", "version": 1}')])
     db.close()
     port, _ = await serve_feed([], nursery=nursery)
     with trio.fail_after(20):
@@ -387,7 +393,7 @@ async def test_a_store_that_appears_later_is_used_and_its_old_rows_kept(
             os.unlink(blocker)  # the volume is mounted, with an older store on it
             os.mkdir(blocker)
             old = StoreDB.open(store)
-            old.write([Row("a", "older", 3, b"{}")])
+            old.write([raw_row("a", "older", 3, b"{}")])
             old.close()
             await flushed(app)
             assert metrics(app)["meksd_store_available"] == 1
@@ -400,7 +406,7 @@ async def test_a_store_that_appears_later_is_used_and_its_old_rows_kept(
         ("older", "replaced: the store was unavailable at start")
     ]
     assert room is not None
-    assert state_from_bytes(room.state)[0].totals.diamonds == diamonds
+    assert room.decode()[0].totals.diamonds == diamonds
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -488,3 +494,103 @@ def test_storage_config_is_validated(tmp_path: Path) -> None:
             Exception, match=message.replace("$", r"\$").replace("(", r"\(").replace(")", r"\)")
         ):
             parse_config(f"[storage]\n{text}\n" + room)
+
+
+# --------------------------------------------------------------------------- incremental
+
+
+async def test_flushes_write_only_what_changed(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Once a room with thousands of remembered msgIds is written, the flush after one
+    more chat message writes a small fraction of the whole document; the store reads
+    back exactly the final state."""
+    store = tmp_path / "s.sqlite3"
+    history, diamonds = gifts("a-long-message-id-", 3000)  # 2 sealed msgId segments
+    port, _ = await serve_feed(history, nursery=nursery, chunk=500)
+    with trio.fail_after(30):
+        async with running(make_config(store, port)) as app:
+            room = app.rooms["a"]
+            await until(lambda: published(app).totals.diamonds == diamonds)
+            await flushed(app)
+            first = metrics(app)["meksd_store_written_bytes_total"]
+            whole = len(state_to_bytes(published(app), room.feed.seq))
+            assert first >= whole, "the first write of the room is whole"
+            writes = metrics(app)["meksd_store_writes_total"]
+            assert room.inbox is not None
+            room.inbox.send_nowait(ChatMessage("one-more", User("7"), "hi", trio.current_time(), 0))
+            await until(lambda: published(app).totals.comments == 1)
+            await flushed(app)
+            assert metrics(app)["meksd_store_writes_total"] == writes + 1
+            step = metrics(app)["meksd_store_written_bytes_total"] - first
+            assert 0 < step < whole / 4, (step, whole)
+            await app.stop()
+            final = room.owned.state
+    db = StoreDB.open(store, readonly=True)
+    try:
+        stored = db.room("a")
+    finally:
+        db.close()
+    assert stored is not None
+    state, _ = stored.decode()
+    assert (state.totals, state.leaderboard, state.dedup) == (
+        final.totals,
+        final.leaderboard,
+        final.dedup,
+    )
+
+
+async def test_a_version_1_store_is_read_and_upgraded(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A store file written by schema 1 (whole documents, two msgId generations)
+    restores its room; the daemon upgrades the file and rewrites the room as a head and
+    parts, which the next start reads again."""
+    store = tmp_path / "s.sqlite3"
+    history, diamonds = gifts("m", 40)
+    port, _ = await serve_feed(history, nursery=nursery)
+    with trio.fail_after(20):
+        async with running(make_config(store, port)) as app:
+            await until(lambda: published(app).totals.diamonds == diamonds)
+            await app.stop()
+            state, seq = app.rooms["a"].owned.state, app.rooms["a"].feed.seq
+    doc = orjson.loads(state_to_bytes(state, seq))
+    doc["version"] = 1
+    doc["state"]["dedup"] = {
+        "capacity": state.dedup.capacity,
+        "current": sorted(state.dedup.current),
+        "previous": [],
+    }
+    store.unlink()
+    conn = sqlite3.connect(store)
+    conn.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema', '1');"
+        "CREATE TABLE rooms (room_id TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT "
+        "NULL, clean INTEGER NOT NULL, saved_at REAL NOT NULL, state BLOB NOT NULL);"
+        "CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT, room_id TEXT NOT NULL, "
+        "epoch TEXT NOT NULL, seq INTEGER NOT NULL, saved_at REAL NOT NULL, archived_at REAL "
+        "NOT NULL, reason TEXT NOT NULL, state BLOB NOT NULL);"
+    )
+    conn.execute(
+        "INSERT INTO rooms VALUES ('a', ?, ?, 1, 0, ?)", (state.epoch, seq, orjson.dumps(doc))
+    )
+    conn.commit()
+    conn.close()
+    old = StoreDB.open(store, readonly=True)
+    assert old.schema == "1"
+    assert old.room("a") is not None
+    old.close()
+    port2, _ = await serve_feed(history, nursery=nursery)  # the feed re-sends it all
+    for _ in range(2):
+        with trio.fail_after(20):
+            async with running(make_config(store, port2)) as app:
+                assert published(app).totals.diamonds == diamonds
+                assert app.rooms["a"].feed.epoch == state.epoch, "a clean v1 row resumes"
+                await until(lambda: app.rooms["a"].counters.duplicates >= len(history))
+                assert published(app).totals.diamonds == diamonds, "counted twice"
+        db = StoreDB.open(store, readonly=True)
+        try:
+            assert db.schema == "2"
+            stored = db.room("a")
+            assert stored is not None and stored.parts, "rewritten as a head and parts"
+        finally:
+            db.close()

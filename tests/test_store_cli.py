@@ -24,7 +24,7 @@ from meksd.core.reduce import new_room, reduce
 from meksd.model.events import ChatMessage, GiftSent, User
 from meksd.model.state import RoomConfig, RoomState
 from meksd.runtime.app import App
-from meksd.runtime.storedb import Row, StoreDB, StoreLock
+from meksd.runtime.storedb import RoomWrite, StoreDB, StoreLock
 
 ROOT = Path(__file__).parent.parent
 
@@ -71,19 +71,18 @@ def sample_state(room: str = "a", epoch: str = "e1") -> RoomState:
 
 
 def write_store(path: Path, state: RoomState, seq: int) -> bytes:
-    data = state_to_bytes(state, seq)
     db = StoreDB.open(path)
     try:
-        db.write([Row(state.room_id, state.epoch, seq, data)], clean=True)
+        db.write([RoomWrite.whole(state, seq)], clean=True)
     finally:
         db.close()
-    return data
+    return state_to_bytes(state, seq)
 
 
 def read_store(path: Path) -> tuple[dict[str, tuple[RoomState, int, bool]], list[str]]:
     db = StoreDB.open(path, readonly=True)
     try:
-        rooms = {r.room_id: (*state_from_bytes(r.state), r.clean) for r in db.rooms()}
+        rooms = {r.room_id: (*r.decode(), r.clean) for r in db.rooms()}
         return rooms, [h.reason for h in db.history()]
     finally:
         db.close()

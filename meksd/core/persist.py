@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, Literal, get_args, get_origin, get_type_hints
 
 import attrs
@@ -46,7 +46,7 @@ import cattrs
 import immutables
 from cattrs.errors import ForbiddenExtraKeysError, IterableValidationError, IterableValidationNote
 
-from meksd.core.dedup import new_dedup
+from meksd.core.dedup import segments
 from meksd.core.strict import Invalid as _Invalid
 from meksd.core.strict import register_strict_primitives
 from meksd.model.events import GiftKey
@@ -54,17 +54,27 @@ from meksd.model.state import Dedup, LeaderRow, RoomState, Streak
 
 __all__ = [
     "FORMAT",
+    "HEAD_FORMAT",
     "VERSION",
+    "Part",
+    "PartsWrite",
     "PersistError",
+    "parts_dump",
     "rebase_clock",
     "state_from_bytes",
+    "state_from_parts",
     "state_to_bytes",
+    "state_to_parts",
 ]
 
 FORMAT: Final = "meksd.room-state"
 """The ``format`` tag of every document this module writes."""
-VERSION: Final = 1
-"""The version written; reading accepts versions up to this one."""
+VERSION: Final = 2
+"""The version written; reading accepts versions up to this one. Version 1 kept the
+msgId memory in two generations (``current``, ``previous``); it reads as one sealed
+segment."""
+HEAD_FORMAT: Final = "meksd.room-head"
+"""The ``format`` tag of a store head (:func:`state_to_parts`)."""
 
 
 MAX_PROBLEMS: Final = 5
@@ -107,11 +117,14 @@ def _pieces(value: Any, t: Any) -> Iterator[str]:
     ASCII with ``\\u`` escapes: a lone surrogate from a feed's text survives the trip.
     """
     if t is Dedup:
-        yield f'{{"capacity":{_dumps(value.capacity)},"current":'
+        yield f'{{"capacity":{_dumps(value.capacity)},"segment":{_dumps(value.segment)}'
+        yield ',"current":'
         yield from _array(sorted(value.current), str)
-        yield ',"previous":'
-        yield from _array(sorted(value.previous), str)
-        yield "}"
+        yield ',"sealed":['
+        for i, segment in enumerate(value.sealed):
+            yield "," if i else ""
+            yield from _array(sorted(segment), str)
+        yield "]}"
     elif t == _BOARD:
         yield from _array([value[k] for k in sorted(value)], LeaderRow)
     elif _is_map(t):
@@ -163,6 +176,14 @@ def _dumps(value: object) -> str:
 
 def state_from_bytes(data: bytes) -> tuple[RoomState, int]:
     """The state and seq that :func:`state_to_bytes` wrote. Raises only ``PersistError``."""
+    doc, seq = _header(data, (FORMAT,))
+    if "state" not in doc:
+        raise PersistError("required key missing @ $.state")
+    return _structure_state(doc["state"]), seq
+
+
+def _header(data: bytes, formats: tuple[str, ...]) -> tuple[dict[str, Any], int]:
+    """The document in ``data`` (tagged with one of ``formats``) and its seq, checked."""
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -171,8 +192,9 @@ def state_from_bytes(data: bytes) -> tuple[RoomState, int]:
         raise PersistError("not a room state: nested too deeply") from None
     if type(doc) is not dict:
         raise PersistError("not a room state: expected a JSON object @ $")
-    if doc.get("format") != FORMAT:
-        raise PersistError(f"not a room state: format is not {FORMAT!r} @ $.format")
+    if doc.get("format") not in formats:
+        names = " or ".join(repr(f) for f in formats)
+        raise PersistError(f"not a room state: format is not {names} @ $.format")
     version = doc.get("version")
     if type(version) is not int or not 1 <= version <= VERSION:
         raise PersistError(
@@ -184,15 +206,198 @@ def state_from_bytes(data: bytes) -> tuple[RoomState, int]:
     seq = doc.get("seq")
     if type(seq) is not int or seq < 0:
         raise PersistError("expected non-negative int @ $.seq")
-    if "state" not in doc:
-        raise PersistError("required key missing @ $.state")
+    return doc, seq
+
+
+def _structure_state(obj: object) -> RoomState:
     try:
-        state = _converter.structure(doc["state"], RoomState)
+        return _converter.structure(obj, RoomState)
     except Exception as exc:
         lines = cattrs.transform_error(exc, path="$.state", format_exception=_format_exception)
         more = f"; and {len(lines) - MAX_PROBLEMS} more" if len(lines) > MAX_PROBLEMS else ""
         raise PersistError("; ".join(lines[:MAX_PROBLEMS]) + more) from None
-    return state, seq
+
+
+# --------------------------------------------------------------------------- store parts
+
+PartKind = Literal["leader", "streak", "closed", "msgids"]
+"""Rows of a room kept apart from its head, one per leaderboard row (``leader``, key
+``user_id``), open or closed streak (``streak``/``closed``, key ``[user, gift,
+group]`` as JSON) and msgId segment (``msgids``, key the segment's number)."""
+
+Part = tuple[str, str, bytes]
+"""(kind, key, value): a value is the JSON of one row, or a segment's sorted ids."""
+
+
+@attrs.frozen
+class PartsWrite:
+    """What to change in the store to hold a state: its head and the parts that moved."""
+
+    head: bytes
+    """The document without the parts (``format`` is :data:`HEAD_FORMAT`)."""
+    upserts: tuple[Part, ...]
+    deletes: tuple[tuple[str, str], ...]
+    """(kind, key) of parts that are gone."""
+    full: bool
+    """Every part of the state is in ``upserts``: drop whatever else the store holds."""
+
+
+_PARTED: Final = {"leaderboard", "streaks", "closed_streaks"}
+_MISSING: Final = object()
+
+
+def state_to_parts(
+    state: RoomState, seq: int, *, base: RoomState | None = None, offset: float = 0.0
+) -> PartsWrite:
+    """``state`` at ``seq`` for the store, as the change from ``base``. Pure.
+
+    ``base`` is the state whose parts the store holds now (None: nothing, write all).
+    States are persistent maps, so a row or segment unchanged since ``base`` is the
+    same object: only those that are not (or are gone) are encoded, at a cost of one
+    identity check per row of a map that changed at all. A sealed msgId segment never
+    changes, so it is written once; the open one is rewritten while it fills.
+    ``offset`` is added to streak times (``rebase_clock``) in what is encoded.
+
+    Safe to call from a worker thread: states are immutable values.
+    """
+    ups: list[Part] = []
+    dels: list[tuple[str, str]] = []
+    old = base if base is not None else _EMPTY_STATE
+
+    def streak(value: Streak) -> bytes:
+        value = attrs.evolve(value, last_at=value.last_at + offset) if offset else value
+        return _encode(value, Streak)
+
+    _map_changes("leader", old.leaderboard, state.leaderboard, str, _encode_row, ups, dels)
+    _map_changes("streak", old.streaks, state.streaks, _key, streak, ups, dels)
+    _map_changes("closed", old.closed_streaks, state.closed_streaks, _key, streak, ups, dels)
+    before = segments(old.dedup) if base is not None else {}
+    after = segments(state.dedup)
+    for number, ids in after.items():
+        if before.get(number) is not ids:
+            ups.append(("msgids", str(number), _dumps(sorted(ids)).encode("ascii")))
+    dels.extend(("msgids", str(n)) for n in before if n not in after)
+    return PartsWrite(_head(state, seq), tuple(ups), tuple(dels), full=base is None)
+
+
+_EMPTY_STATE: Final = RoomState(room_id="", epoch="")
+
+
+def _head(state: RoomState, seq: int) -> bytes:
+    pieces = [_dumps({"format": HEAD_FORMAT, "version": VERSION, "seq": seq})[:-1], ',"state":']
+    first = True
+    for name, field_type in _fields(RoomState):
+        if name in _PARTED:
+            continue
+        pieces.append(("{" if first else ",") + _dumps(name) + ":")
+        first = False
+        if name == "dedup":
+            dedup = state.dedup
+            pieces.append(_dumps({"capacity": dedup.capacity, "segment": dedup.segment}))
+        else:
+            pieces.extend(_pieces(getattr(state, name), field_type))
+    pieces.append("}}")
+    return "".join(pieces).encode("ascii")
+
+
+def _map_changes(
+    kind: str,
+    old: immutables.Map[Any, Any],
+    new: immutables.Map[Any, Any],
+    key: Callable[[Any], str],
+    value: Callable[[Any], bytes],
+    ups: list[Part],
+    dels: list[tuple[str, str]],
+) -> None:
+    if old is new:
+        return
+    added = 0
+    get = old.get
+    for k, v in new.items():
+        prior = get(k, _MISSING)
+        if prior is not v:
+            added += prior is _MISSING
+            ups.append((kind, key(k), value(v)))
+    if len(new) != len(old) + added:
+        dels.extend((kind, key(k)) for k in old if k not in new)
+
+
+def _key(key: GiftKey) -> str:
+    return _dumps(list(key))
+
+
+def _encode_row(row: LeaderRow) -> bytes:
+    return _encode(row, LeaderRow)
+
+
+def _encode(value: object, t: type) -> bytes:
+    return _dumps(_converter.unstructure(value, t)).encode("ascii")
+
+
+def state_from_parts(head: bytes, parts: Iterable[Part]) -> tuple[RoomState, int]:
+    """The state and seq a store head and its parts hold. Raises only ``PersistError``.
+
+    ``head`` may also be a whole document (:func:`state_to_bytes`, as version 1 stores
+    held): then there are no parts.
+    """
+    parts = list(parts)
+    doc, seq = _header(head, (HEAD_FORMAT, FORMAT))
+    if doc["format"] == FORMAT:
+        if parts:
+            raise PersistError(f"a whole {FORMAT!r} document has no parts @ $.format")
+        if "state" not in doc:
+            raise PersistError("required key missing @ $.state")
+        return _structure_state(doc["state"]), seq
+    state = doc.get("state")
+    if type(state) is not dict:
+        raise PersistError("expected an object @ $.state")
+    for name in _PARTED:
+        if name in state:
+            raise PersistError(f"unknown key {name!r} @ $.state")
+    dedup = state.get("dedup")
+    if type(dedup) is not dict or dedup.keys() != {"capacity", "segment"}:
+        raise PersistError("expected {capacity, segment} @ $.state.dedup")
+    board: dict[str, object] = {}
+    streaks: dict[str, list[object]] = {"streak": [], "closed": []}
+    ids: dict[int, object] = {}
+    for kind, key, value in parts:
+        where = f"part {kind} {key[:60]!r}"
+        if kind not in ("leader", "streak", "closed") and not (
+            kind == "msgids" and key.isascii() and key.isdigit()
+        ):
+            raise PersistError(f"unknown {where}")
+        try:
+            decoded = json.loads(value)
+            if kind == "leader":
+                board[key] = decoded
+            elif kind == "msgids":
+                ids[int(key)] = decoded
+            else:
+                streaks[kind].append([json.loads(key), decoded])
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise PersistError(f"{where}: not JSON") from None
+    segment = dedup["segment"]
+    if type(segment) is int and any(n > segment for n in ids):
+        raise PersistError(f"part msgids {max(ids)} is newer than segment {segment}")
+    state = {
+        **state,
+        "leaderboard": [board[k] for k in sorted(board)],
+        "streaks": streaks["streak"],
+        "closed_streaks": streaks["closed"],
+        "dedup": {
+            **dedup,
+            "current": ids.pop(segment, []) if type(segment) is int else [],
+            "sealed": [ids[n] for n in sorted(ids, reverse=True)],
+        },
+    }
+    return _structure_state(state), seq
+
+
+def parts_dump(head: bytes, parts: Iterable[Part]) -> bytes:
+    """A head and its parts as one blob, for the history of rows that do not decode
+    (kept as evidence; :func:`state_from_parts` need not read it)."""
+    lines = [head] + [b"%s\t%s\t%s" % (k.encode(), key.encode(), v) for k, key, v in parts]
+    return b"\n".join(lines)
 
 
 # --------------------------------------------------------------------------- transitions
@@ -312,23 +517,43 @@ def _ids_in(obj: object, name: str) -> immutables.Map[str, None]:
 def _dedup_out(dedup: Dedup) -> dict[str, Any]:
     return {
         "capacity": dedup.capacity,
+        "segment": dedup.segment,
         "current": sorted(dedup.current),
-        "previous": sorted(dedup.previous),
+        "sealed": [sorted(segment) for segment in dedup.sealed],
     }
 
 
+_DEDUP_V2 = frozenset({"capacity", "segment", "current", "sealed"})
+_DEDUP_V1 = frozenset({"capacity", "current", "previous"})
+
+
 def _dedup_in(obj: object, _: object) -> Dedup:
+    """Version 2's segments, or version 1's two generations (``previous`` becomes the
+    one sealed segment)."""
     if type(obj) is not dict:
         raise _Invalid("expected an object")
-    extra = obj.keys() - {"capacity", "current", "previous"}
+    shape = _DEDUP_V1 if "previous" in obj else _DEDUP_V2
+    extra = obj.keys() - shape
     if extra:
         raise _Invalid(f"unknown key {sorted(extra)[0]!r}")
     capacity = obj.get("capacity")
     if type(capacity) is not int or capacity < 2:
         raise _Invalid("expected int >= 2 @ capacity")
     current = _ids_in(obj.get("current"), "current")
-    previous = _ids_in(obj.get("previous"), "previous")
-    return attrs.evolve(new_dedup(capacity), current=current, previous=previous)
+    if shape is _DEDUP_V1:
+        previous = _ids_in(obj.get("previous"), "previous")
+        sealed = (previous,) if previous else ()
+        return Dedup(capacity, current, sealed, len(sealed))
+    segment = obj.get("segment")
+    if type(segment) is not int or segment < 0:
+        raise _Invalid("expected non-negative int @ segment")
+    segments = obj.get("sealed")
+    if type(segments) is not list:
+        raise _Invalid("expected array @ sealed")
+    if len(segments) > segment:
+        raise _Invalid(f"{len(segments)} sealed segments, more than segment {segment} @ sealed")
+    found = tuple(_ids_in(ids, f"sealed[{i}]") for i, ids in enumerate(segments))
+    return Dedup(capacity, current, found, segment)
 
 
 def _format_exception(exc: BaseException, type_: type | None) -> str:

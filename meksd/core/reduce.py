@@ -44,7 +44,7 @@ import attrs
 
 from meksd.core.battle import apply_armies, apply_battle_status
 from meksd.core.chat import chat_item, extend_ring, trim_ring
-from meksd.core.dedup import new_dedup, remember, seen
+from meksd.core.dedup import new_dedup, remember, resize, seen
 from meksd.core.gifts import (
     CLOSED_STREAK_AGE,
     GiftOutcome,
@@ -312,11 +312,6 @@ def reconfigure(state: RoomState, config: RoomConfig) -> RoomState:
     The chat ring is trimmed to the new ``chat_history``; the msgId memory keeps what
     it remembers under its new capacity; timeouts and other limits apply from now on.
     """
-    capacity = max(2, config.dedup_window)
-    dedup = (
-        state.dedup
-        if state.dedup.capacity == capacity
-        else attrs.evolve(state.dedup, capacity=capacity)
-    )
+    dedup = resize(state.dedup, config.dedup_window)
     chat = trim_ring(state.chat, config.chat_history)
     return attrs.evolve(state, config=config, chat=chat, dedup=dedup)

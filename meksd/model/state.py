@@ -192,16 +192,20 @@ class GiftItem:
 
 @attrs.frozen
 class Dedup:
-    """Bounded memory of seen msgIds: two generations of at most ``capacity/2``.
+    """Bounded memory of seen msgIds: an open segment and sealed ones, newest first.
 
-    A lookup checks both; when ``current`` fills, it becomes ``previous`` and the
-    old ``previous`` is forgotten. So at least the last ``capacity/2`` and at most
-    the last ``capacity`` ids are remembered, at O(log n) per insert.
+    A lookup checks every segment; a full open segment is sealed and the oldest
+    sealed ones are forgotten, so between 15/16 of ``capacity`` and ``capacity`` of
+    the latest ids are remembered, at O(log n) per insert (``meksd.core.dedup``).
     """
 
     capacity: int
     current: immutables.Map[str, None] = attrs.field(factory=immutables.Map)
-    previous: immutables.Map[str, None] = attrs.field(factory=immutables.Map)
+    """The open segment."""
+    sealed: tuple[immutables.Map[str, None], ...] = ()
+    """Sealed segments, newest first; ``sealed[i]`` is number ``segment - 1 - i``."""
+    segment: int = 0
+    """The open segment's number (segments sealed so far in this memory)."""
 
 
 @attrs.frozen

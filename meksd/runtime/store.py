@@ -9,7 +9,11 @@
 
 What is written is a room's *published* state, ``feed.state`` at ``feed.seq``: the
 state a snapshot at that seq shows, whose msgId memory is exactly the one that
-protects its counts. After a kill -9 the room comes back as of the last write; the
+protects its counts. It is written as the change from the state written last
+(:func:`meksd.core.persist.state_to_parts`): the head, the leaderboard rows and
+streaks that changed, the open msgId segment and any newly sealed one, all in one
+transaction. A room's first write in a process, and the next after a failed flush,
+is whole. After a kill -9 the room comes back as of the last write; the
 feed re-sends its recent history, the restored memory drops what was already
 counted and the rest is counted once. Serializing happens in the worker thread too
 (the state is an immutable value); the actor never waits for the store.
@@ -48,7 +52,7 @@ from loguru import logger
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from meksd.config import RoomSettings, StorageConfig, room_config
-from meksd.core.persist import PersistError, rebase_clock, state_from_bytes, state_to_bytes
+from meksd.core.persist import PersistError, rebase_clock, state_to_bytes, state_to_parts
 from meksd.core.reduce import reconfigure
 from meksd.core.wire import state_to_wire
 from meksd.errors import StoreBusyError, StoreError
@@ -59,6 +63,7 @@ from meksd.runtime.ratelimit import LogLimiter
 from meksd.runtime.room import new_epoch
 from meksd.runtime.storedb import (
     STORE_FILE,
+    RoomWrite,
     Row,
     StoreDB,
     StoredRoom,
@@ -128,6 +133,8 @@ class _Capture:
     room_id: str
     state: RoomState
     seq: int
+    base: RoomState | None = None
+    """What the store holds of the room (trio clock), to write only the difference."""
 
 
 class RoomStore:
@@ -155,6 +162,8 @@ class RoomStore:
         self._busy = trio.Lock()
         self._known: dict[str, _Known] = {}
         self._written: dict[str, tuple[str, int]] = {}
+        self._base: dict[str, RoomState] = {}
+        """Per room, the state (trio clock) whose head and parts the file holds now."""
         self._retired: dict[str, _Capture] = {}
         self._ended: list[_Capture] = []
         self._untouched_clean: set[str] = set()
@@ -291,7 +300,9 @@ class RoomStore:
         async with self._busy:
             if self._closed:
                 return False
-            captures = self._collect(final)
+            captures = [
+                attrs.evolve(c, base=self._base.get(c.room_id)) for c in self._collect(final)
+            ]
             ended = self._ended[:]
             if not captures and not ended and not final:
                 return True
@@ -303,12 +314,17 @@ class RoomStore:
                     self._write, captures, ended, offset, final, clean_ids
                 )
             except (sqlite3.Error, OSError, PersistError, StoreError) as exc:
+                # What the file holds of these rooms is no longer known for sure (the
+                # clean marks may have failed after the write): write them whole next.
+                for capture in captures:
+                    self._base.pop(capture.room_id, None)
                 self._failed(exc, rooms=len(captures))
                 return False
             finally:
                 self._last_flush_s = trio.current_time() - started
             for capture in captures:
                 self._written[capture.room_id] = (capture.state.epoch, capture.seq)
+                self._base[capture.room_id] = capture.state
                 self._retired.pop(capture.room_id, None)
             del self._ended[: len(ended)]
             self._writes += len(captures)
@@ -389,7 +405,7 @@ class RoomStore:
 
     def _load(self, db: StoreDB, stored: StoredRoom) -> None:
         try:
-            state, seq = state_from_bytes(stored.state)
+            state, seq = stored.decode()
             if state.room_id != stored.room_id:
                 raise PersistError(f"holds room {state.room_id!r} @ $.state.room_id")
         except PersistError as exc:
@@ -457,12 +473,16 @@ class RoomStore:
             self._db = db
             self._log.info("store open", path=str(self.path), event="store_open")
 
-        def row(c: _Capture) -> Row:
+        def room(c: _Capture) -> RoomWrite:
+            parts = state_to_parts(c.state, c.seq, base=c.base, offset=offset)
+            return RoomWrite(c.room_id, c.state.epoch, c.seq, parts)
+
+        def document(c: _Capture) -> Row:
             data = state_to_bytes(rebase_clock(c.state, offset), c.seq)
             return Row(c.room_id, c.state.epoch, c.seq, data)
 
-        history = [(row(c), "session.reset") for c in ended]
-        written = self._db.write([row(c) for c in captures], clean=final, history=history)
+        history = [(document(c), "session.reset") for c in ended]
+        written = self._db.write([room(c) for c in captures], clean=final, history=history)
         if clean_ids:
             self._db.set_clean(clean_ids, True)
         return written

@@ -5,14 +5,20 @@ directly by ``meksd state`` (:mod:`meksd.statecli`). One :class:`StoreDB` is one
 connection; its owner serializes calls (it is opened with
 ``check_same_thread=False`` because trio's worker threads differ from call to call).
 
-Schema (version 1)::
+Schema (version 2)::
 
-    meta(key PRIMARY KEY, value)              schema = "1"
+    meta(key PRIMARY KEY, value)              schema = "2"
     rooms(room_id PRIMARY KEY, epoch, seq, clean, saved_at, state)
+    parts(room_id, kind, key, value, PRIMARY KEY (room_id, kind, key))
     history(id PRIMARY KEY, room_id, epoch, seq, saved_at, archived_at, reason, state)
 
-``rooms.state`` is :func:`meksd.core.persist.state_to_bytes` output; ``epoch`` and
-``seq`` repeat what it holds, for listing without decoding. ``clean`` is 1 only
+A room is its head (``rooms.state``) and its parts: one row per leaderboard row,
+streak and msgId segment (:func:`meksd.core.persist.state_to_parts`), so that a flush
+writes only what changed. A version 1 file held whole documents in ``rooms.state``
+and no parts; such a row still reads, and opening the file for writing upgrades the
+schema (adds ``parts``), after which the daemon's next write of the room replaces
+the document with a head and parts. ``epoch`` and ``seq`` repeat what the head
+holds, for listing without decoding. ``clean`` is 1 only
 after a graceful shutdown wrote the room's final state: then ``seq`` is the last
 seq the daemon published and dashboards may resume across the restart. ``history``
 keeps what ``meksd state reset``/``import`` replaced and rows that could not be read
@@ -40,12 +46,23 @@ from pathlib import Path
 import attrs
 
 from meksd.config import StorageConfig
+from meksd.core.persist import (
+    Part,
+    PartsWrite,
+    PersistError,
+    parts_dump,
+    state_from_parts,
+    state_to_bytes,
+    state_to_parts,
+)
 from meksd.errors import StoreBusyError
+from meksd.model.state import RoomState
 
 __all__ = [
     "SCHEMA_VERSION",
     "STORE_FILE",
     "ArchivedRow",
+    "RoomWrite",
     "Row",
     "StoreDB",
     "StoreLock",
@@ -55,7 +72,9 @@ __all__ = [
     "store_path",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = ("1", "2")
+"""Schema versions this meksd reads; a writable open upgrades 1 to 2."""
 
 STORE_FILE = "meksd.sqlite3"
 """The store's file name inside a state directory."""
@@ -88,6 +107,13 @@ CREATE TABLE IF NOT EXISTS rooms (
     saved_at REAL NOT NULL,
     state BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS parts (
+    room_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (room_id, kind, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     room_id TEXT NOT NULL,
@@ -124,12 +150,34 @@ def is_corruption(exc: BaseException) -> bool:
 
 @attrs.frozen
 class Row:
-    """One room to write: its encoded state and what the columns repeat."""
+    """A whole state document (:func:`meksd.core.persist.state_to_bytes`) and what the
+    columns repeat: an entry of the history."""
 
     room_id: str
     epoch: str
     seq: int
     state: bytes
+
+
+@attrs.frozen
+class RoomWrite:
+    """One room to write: its new head and the parts that changed."""
+
+    room_id: str
+    epoch: str
+    seq: int
+    parts: PartsWrite
+
+    @classmethod
+    def whole(cls, state: RoomState, seq: int) -> RoomWrite:
+        """Every part of ``state`` (replacing whatever the room held)."""
+        return cls(state.room_id, state.epoch, seq, state_to_parts(state, seq))
+
+    @property
+    def size(self) -> int:
+        """Encoded bytes written."""
+        parts = self.parts
+        return len(parts.head) + sum(len(value) for _, _, value in parts.upserts)
 
 
 @attrs.frozen
@@ -143,6 +191,22 @@ class StoredRoom:
     saved_at: float
     """Unix time of the write."""
     state: bytes
+    """The head (or, written by schema 1, the whole document)."""
+    parts: tuple[Part, ...] = ()
+
+    def decode(self) -> tuple[RoomState, int]:
+        """The stored state and seq; raises ``PersistError``."""
+        return state_from_parts(self.state, self.parts)
+
+    def document(self) -> bytes:
+        """The whole state document, or (when it does not decode) every byte of the
+        head and parts as evidence (:func:`meksd.core.persist.parts_dump`)."""
+        if not self.parts:
+            return self.state
+        try:
+            return state_to_bytes(*self.decode())
+        except PersistError:
+            return parts_dump(self.state, self.parts)
 
 
 @attrs.frozen
@@ -161,9 +225,11 @@ class ArchivedRow:
 class StoreDB:
     """One connection to the store file. Every method blocks: call it from a thread."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, schema: str) -> None:
         self._conn = conn
         self.path = path
+        self.schema = schema
+        """The file's schema version (a read-only open of a version 1 file keeps "1")."""
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False, check: bool = True) -> StoreDB:
@@ -187,11 +253,11 @@ class StoreDB:
                 problems = [r[0] for r in conn.execute("PRAGMA quick_check")]
                 if problems != ["ok"]:
                     raise DamagedStoreError("integrity check failed: " + "; ".join(problems))
-            _check_schema(conn, create=not readonly)
+            schema = _check_schema(conn, create=not readonly)
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path)
+        return cls(conn, path, schema)
 
     def close(self) -> None:
         self._conn.close()
@@ -222,21 +288,35 @@ class StoreDB:
         cur = self._conn.execute(
             f"SELECT room_id, epoch, seq, clean, saved_at, state FROM rooms {where}", args
         )
-        for room_id, epoch, seq, clean, saved_at, state in cur:
-            yield StoredRoom(room_id, epoch, seq, bool(clean), saved_at, bytes(state))
+        for room_id, epoch, seq, clean, saved_at, state in cur.fetchall():
+            yield StoredRoom(
+                room_id, epoch, seq, bool(clean), saved_at, bytes(state), self._parts(room_id)
+            )
+
+    def _parts(self, room_id: str) -> tuple[Part, ...]:
+        if not self._has_parts:
+            return ()
+        cur = self._conn.execute(
+            "SELECT kind, key, value FROM parts WHERE room_id = ? ORDER BY kind, key", (room_id,)
+        )
+        return tuple((kind, key, bytes(value)) for kind, key, value in cur)
+
+    @property
+    def _has_parts(self) -> bool:
+        return self.schema != "1"
 
     # --- writing (each call is one transaction) ----------------------------------
 
     def write(
         self,
-        rows: Iterable[Row],
+        rooms: Iterable[RoomWrite],
         *,
         clean: bool = False,
         history: Iterable[tuple[Row, str]] = (),
         now: float | None = None,
     ) -> int:
-        """Upsert ``rows`` and append ``history`` (row, reason) entries; return the
-        bytes of state written."""
+        """Write each room's head and changed parts, and append ``history`` (row,
+        reason) entries; return the bytes written."""
         saved_at = time.time() if now is None else now
         written = 0
         with self._transaction() as conn:
@@ -247,15 +327,9 @@ class StoreDB:
                     (row.room_id, row.epoch, row.seq, saved_at, saved_at, reason, row.state),
                 )
                 written += len(row.state)
-            for row in rows:
-                conn.execute(
-                    "INSERT INTO rooms (room_id, epoch, seq, clean, saved_at, state) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(room_id) DO UPDATE SET "
-                    "epoch = excluded.epoch, seq = excluded.seq, clean = excluded.clean, "
-                    "saved_at = excluded.saved_at, state = excluded.state",
-                    (row.room_id, row.epoch, row.seq, int(clean), saved_at, row.state),
-                )
-                written += len(row.state)
+            for room in rooms:
+                _write_room(conn, room, clean=clean, saved_at=saved_at)
+                written += room.size
         return written
 
     def set_clean(self, room_ids: Iterable[str] | None, clean: bool) -> None:
@@ -269,27 +343,34 @@ class StoreDB:
                     [(int(clean), room_id) for room_id in room_ids],
                 )
 
-    def archive(self, room_id: str, reason: str, *, replace: Row | None = None) -> bool:
-        """Move the room's row to ``history`` (and write ``replace`` in its place).
+    def archive(self, room_id: str, reason: str, *, replace: RoomWrite | None = None) -> bool:
+        """Move the room's state to ``history`` (and write ``replace`` in its place).
 
-        One transaction. Returns whether there was a row to archive.
+        One transaction. The history keeps the whole document
+        (:meth:`StoredRoom.document`). Returns whether there was a room to archive.
         """
         now = time.time()
         with self._transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO history (room_id, epoch, seq, saved_at, archived_at, reason, state) "
-                "SELECT room_id, epoch, seq, saved_at, ?, ?, state FROM rooms WHERE room_id = ?",
-                (now, reason, room_id),
-            )
-            archived = cur.rowcount > 0
-            conn.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
-            if replace is not None:
+            stored = self.room(room_id)
+            if stored is not None:
                 conn.execute(
-                    "INSERT INTO rooms (room_id, epoch, seq, clean, saved_at, state) "
-                    "VALUES (?, ?, ?, 1, ?, ?)",
-                    (replace.room_id, replace.epoch, replace.seq, now, replace.state),
+                    "INSERT INTO history (room_id, epoch, seq, saved_at, archived_at, reason, "
+                    "state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        room_id,
+                        stored.epoch,
+                        stored.seq,
+                        stored.saved_at,
+                        now,
+                        reason,
+                        stored.document(),
+                    ),
                 )
-        return archived
+            conn.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+            conn.execute("DELETE FROM parts WHERE room_id = ?", (room_id,))
+            if replace is not None:
+                _write_room(conn, replace, clean=True, saved_at=now)
+        return stored is not None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -304,27 +385,62 @@ class StoreDB:
         conn.execute("COMMIT")
 
 
-def _check_schema(conn: sqlite3.Connection, *, create: bool) -> None:
+def _write_room(conn: sqlite3.Connection, room: RoomWrite, *, clean: bool, saved_at: float) -> None:
+    parts = room.parts
+    conn.execute(
+        "INSERT INTO rooms (room_id, epoch, seq, clean, saved_at, state) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(room_id) DO UPDATE SET "
+        "epoch = excluded.epoch, seq = excluded.seq, clean = excluded.clean, "
+        "saved_at = excluded.saved_at, state = excluded.state",
+        (room.room_id, room.epoch, room.seq, int(clean), saved_at, parts.head),
+    )
+    if parts.full:
+        conn.execute("DELETE FROM parts WHERE room_id = ?", (room.room_id,))
+    elif parts.deletes:
+        conn.executemany(
+            "DELETE FROM parts WHERE room_id = ? AND kind = ? AND key = ?",
+            [(room.room_id, kind, key) for kind, key in parts.deletes],
+        )
+    conn.executemany(
+        "INSERT INTO parts (room_id, kind, key, value) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(room_id, kind, key) DO UPDATE SET value = excluded.value",
+        [(room.room_id, kind, key, value) for kind, key, value in parts.upserts],
+    )
+
+
+def _check_schema(conn: sqlite3.Connection, *, create: bool) -> str:
+    """The file's schema version, after creating (or upgrading) it when ``create``."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables and create:
         # One transaction: a failed creation (a full disk) leaves an empty file, which
         # the next attempt creates again, not half a schema.
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} "
-                f"INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}'); COMMIT;"
-            )
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        return
+        _script(
+            conn,
+            f"{_SCHEMA} INSERT INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}');",
+        )
+        return str(SCHEMA_VERSION)
     if "meta" not in tables:
         raise NotAStoreError("not a meksd store (no meta table)")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-    if row is None or row[0] != str(SCHEMA_VERSION):
+    if row is None or row[0] not in READABLE_SCHEMAS:
         found = "none" if row is None else repr(row[0])
         raise NotAStoreError(f"store schema {found}, this meksd uses {SCHEMA_VERSION}")
+    if row[0] != str(SCHEMA_VERSION) and create:
+        _script(
+            conn,
+            f"{_SCHEMA} UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema';",
+        )
+        return str(SCHEMA_VERSION)
+    return str(row[0])
+
+
+def _script(conn: sqlite3.Connection, sql: str) -> None:
+    try:
+        conn.executescript(f"BEGIN IMMEDIATE; {sql} COMMIT;")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
 
 
 def move_aside(path: Path, *, now: float | None = None) -> Path:
