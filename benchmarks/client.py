@@ -22,6 +22,13 @@ frame's worst: the max over all connections is exact. Latency percentiles come f
 the *verified* connections (``--verify`` of them, spread over the rooms), where every
 token is parsed.
 
+With ``--wire msgpack`` the connections speak ``meks.v1.msgpack`` (meksd only): they
+ask for the subprotocol, subscribe with a msgpack binary frame, and read binary
+frames. msgpack strings are raw UTF-8 behind a length header, so the tokens appear
+verbatim in msgpack frames too and are counted the same way; only the markers of
+``lagged``/``snapshot`` messages, of several deltas in one message and of a delta's
+chat list are spelled in msgpack bytes.
+
 Stdout protocol with the orchestrator: ``READY <n>`` once every connection is open
 (and, for meksd, has its snapshot); then one JSON command per line on stdin
 (``stats`` or ``final``), each answered with one JSON line.
@@ -50,6 +57,14 @@ BUCKET_NS = 100_000  # latency histogram: 0.1 ms buckets...
 BUCKETS = 50_000  # ...up to 5 s, then one overflow bucket
 LAGGED = b'"type":"lagged"'
 SNAPSHOT = b'"type":"snapshot"'
+CHAT = b'"chat":['
+# The same in msgpack: a fixstr header (0xa0 | length) before each string.
+MP_LAGGED = b"\xa4type\xa6lagged"
+MP_SNAPSHOT = b"\xa4type\xa8snapshot"
+MP_CHAT = b"\xa4chat"  # "chat_updates" is b"\xacchat_updates": no match
+MP_ARRAY_FIRST = frozenset((*range(0x90, 0xA0), 0xDC, 0xDD))
+"""First bytes of a msgpack array (fixarray, array 16, array 32): several deltas."""
+SUBPROTOCOL_MSGPACK = "meks.v1.msgpack"
 
 
 class Phase:
@@ -108,6 +123,11 @@ class Dashboard(asyncio.Protocol):
         self.verified = False
         self.series: array | None = None
         self.msgpack = None
+        self.wire = args.wire
+        if self.wire == "msgpack":
+            self.lagged_mark, self.snapshot_mark, self.chat_mark = MP_LAGGED, MP_SNAPSHOT, MP_CHAT
+        else:
+            self.lagged_mark, self.snapshot_mark, self.chat_mark = LAGGED, SNAPSHOT, CHAT
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.upgraded = False
@@ -128,10 +148,13 @@ class Dashboard(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         key = base64.b64encode(os.urandom(16)).decode()
+        offer = (
+            f"Sec-WebSocket-Protocol: {SUBPROTOCOL_MSGPACK}\r\n" if self.wire == "msgpack" else ""
+        )
         request = (
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
         )
         transport.write(request.encode())  # type: ignore[attr-defined]
 
@@ -167,7 +190,14 @@ class Dashboard(asyncio.Protocol):
                 self.transport.close()  # type: ignore[union-attr]
                 return
             self.upgraded = True
-            if self.kind == "meksd":
+            if self.wire == "msgpack":
+                answer = f"sec-websocket-protocol: {SUBPROTOCOL_MSGPACK}".encode()
+                if answer not in head.lower():
+                    self.ready.set_exception(ConnectionError("server did not accept msgpack"))
+                    self.transport.close()  # type: ignore[union-attr]
+                    return
+                self.send_text(msgpack_subscribe(self.room), opcode=0x2)
+            elif self.kind == "meksd":
                 self.send_text(b'{"type":"subscribe","room":"%s"}' % self.room.encode())
             elif not self.ready.done():
                 self.ready.set_result(None)
@@ -226,7 +256,7 @@ class Dashboard(asyncio.Protocol):
         self.frames += 1
         if self.msgpack is not None:
             self.msgpack.sample(p)
-        if self.kind == "meksd" and (LAGGED in p or SNAPSHOT in p):
+        if self.kind == "meksd" and (self.lagged_mark in p or self.snapshot_mark in p):
             self.on_control(p, now)
             return
         n = p.count(MARK)
@@ -238,13 +268,14 @@ class Dashboard(asyncio.Protocol):
             self.on_tokens(TOKEN.findall(p), now)
             return
         if self.kind == "meksd":
-            if p[0] == 0x5B:  # "[": several deltas in one message: look closely
+            if p[0] == 0x5B or (self.wire == "msgpack" and p[0] in MP_ARRAY_FIRST):
+                # "[" (or a msgpack array): several deltas in one message: look closely
                 self.on_tokens(TOKEN.findall(p), now)
                 return
             # A delta lists its gifts, then its chat: each in feed order, so the
             # frame's lowest and highest seq are among the ends of the two lists.
             found = [TOKEN.search(p), TOKEN.search(p, p.rfind(MARK))]
-            cut = p.find(b'"chat":[')
+            cut = p.find(self.chat_mark)
             if cut > 0:
                 found.append(TOKEN.search(p, cut))
                 before = p.rfind(MARK, 0, cut)
@@ -301,7 +332,7 @@ class Dashboard(asyncio.Protocol):
         self.last_seq = last
 
     def on_control(self, p: bytes, now: int) -> None:
-        if LAGGED in p:
+        if self.lagged_mark in p:
             self.lagged += 1
             self._resync = True
             return
@@ -320,9 +351,16 @@ class Dashboard(asyncio.Protocol):
             self._resync = False
 
 
+def msgpack_subscribe(room: str) -> bytes:
+    """``{"type": "subscribe", "room": room}`` in msgpack."""
+    import msgpack
+
+    return msgpack.packb({"type": "subscribe", "room": room})  # type: ignore[no-any-return]
+
+
 class MsgpackSample:
-    """Bytes of the same messages as JSON text and as msgpack (an estimate for meksd's
-    planned ``meks.v1.msgpack`` subprotocol: meksd does not implement it yet)."""
+    """Bytes of the same messages as JSON text and as msgpack: an estimate from what
+    one JSON dashboard received (cross-checks the measured ``meks.v1.msgpack`` run)."""
 
     def __init__(self) -> None:
         import msgpack
@@ -408,7 +446,7 @@ async def amain(args: argparse.Namespace) -> None:
     if args.series:
         for c in [c for c in conns if c.verified][: args.series_conns]:
             c.series = array("q")
-    if args.msgpack:
+    if args.estimate_msgpack and args.wire == "json":
         conns[0].msgpack = MsgpackSample()
     sem = asyncio.Semaphore(64)
 
@@ -455,7 +493,17 @@ def main() -> None:
     ap.add_argument("--verify", type=int, default=30, help="connections parsed fully")
     ap.add_argument("--series", help="file for (recv_ns, latency_ns, phase) triples")
     ap.add_argument("--series-conns", type=int, default=4)
-    ap.add_argument("--msgpack", action="store_true", help="estimate msgpack sizes")
+    ap.add_argument(
+        "--wire",
+        choices=("json", "msgpack"),
+        default="json",
+        help="meksd only: speak meks.v1 (JSON text frames) or meks.v1.msgpack",
+    )
+    ap.add_argument(
+        "--estimate-msgpack",
+        action="store_true",
+        help="re-encode one JSON dashboard's messages with msgpack to estimate the saving",
+    )
     ap.add_argument("--cpu", type=int, help="pin to this CPU")
     args = ap.parse_args()
     if args.cpu is not None:

@@ -7,7 +7,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import BURST, RESULTS
+from benchmarks.run import BURST, MSGPACK_KIND, RESULTS
 
 
 def _f(v: Any, nd: int = 1) -> str:
@@ -67,7 +67,7 @@ def ratio_lines(servers: dict[str, Any], key: str) -> list[str]:
         return []
     out = []
     for kind, s in servers.items():
-        if kind == "meksd" or not s.get(key):
+        if kind in ("meksd", MSGPACK_KIND) or not s.get(key):
             continue
         r = s[key]
         out.append(
@@ -138,20 +138,57 @@ def rooms_table(r: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _per_s(r: dict[str, Any], key: str) -> float:
+    return float(r[key]) / max(float(r["seconds"]), 1e-9)
+
+
 def msgpack_lines(servers: dict[str, Any]) -> list[str]:
+    """The measured ``meks.v1.msgpack`` run against JSON meksd, and the estimate."""
     m = servers.get("meksd", {}).get("p1")
-    if not m or not m.get("json_bytes_sampled"):
+    if not m:
         return []
-    j, p = m["json_bytes_sampled"], m["msgpack_bytes_sampled"]
-    per_s = m["client_bytes"] / max(m["seconds"], 1e-9)
-    saved = per_s * (1 - p / j)
-    return [
-        f"Estimate (meksd does not implement `meks.v1.msgpack` yet): the point-1 messages "
-        f"of one dashboard re-encoded with msgpack take {p / j:.1%} of their JSON bytes "
-        f"({j} → {p} bytes sampled). Over all dashboards at point 1 that is "
-        f"{per_s / 1e6:.2f} MB/s of JSON, so about **{saved / 1e6:.2f} MB/s "
-        f"({1 - p / j:.0%}) saved**.",
-    ]
+    lines: list[str] = []
+    mp = servers.get(MSGPACK_KIND, {}).get("p1")
+    if mp:
+        j_bps, p_bps = _per_s(m, "client_bytes"), _per_s(mp, "client_bytes")
+        j_bpd = m["client_bytes"] / max(m["deliveries"], 1)
+        p_bpd = mp["client_bytes"] / max(mp["deliveries"], 1)
+        lines += [
+            "### `meks.v1.msgpack`, measured",
+            "",
+            f"meksd again at point 1 ({mp['seconds']:.0f} s) with every dashboard speaking "
+            "`meks.v1.msgpack`. Bytes are WebSocket payload bytes received by all "
+            "dashboards; CPU is % of one core.",
+            "",
+            "| wire | events/s | deliveries/s | received MB/s | bytes per delivery "
+            "| server CPU % | client CPU % | p50 ms | p99 ms | lost | resynced |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, r, bps, bpd in (("JSON", m, j_bps, j_bpd), ("msgpack", mp, p_bps, p_bpd)):
+            lines.append(
+                f"| {name} | {r['events_per_s']:.0f} | {r['deliveries_per_s']:.0f} "
+                f"| {bps / 1e6:.2f} | {bpd:.0f} | {r['server_cpu_pct']:.1f} "
+                f"| {r['client_cpu_pct']:.1f} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} "
+                f"| {r['lost'] + r['lost_disconnected']} | {r['resynced']} |"
+            )
+        lines += [
+            "",
+            f"msgpack saves **{(j_bps - p_bps) / 1e6:.2f} MB/s ({1 - p_bpd / j_bpd:.0%} of the "
+            f"bytes per delivery)** at point 1; server CPU msgpack / JSON: "
+            f"**{_ratio(mp['server_cpu_pct'], m['server_cpu_pct'])}**.",
+            "",
+        ]
+    if m.get("json_bytes_sampled"):
+        j, p = m["json_bytes_sampled"], m["msgpack_bytes_sampled"]
+        per_s = _per_s(m, "client_bytes")
+        saved = per_s * (1 - p / j)
+        lines.append(
+            f"Estimate (one JSON dashboard's point-1 messages re-encoded with msgpack): "
+            f"{p / j:.1%} of their JSON bytes ({j} → {p} bytes sampled); over all "
+            f"dashboards at point 1, {per_s / 1e6:.2f} MB/s of JSON, so about "
+            f"{saved / 1e6:.2f} MB/s ({1 - p / j:.0%}) saved."
+        )
+    return lines
 
 
 def profile_lines(r: dict[str, Any] | None) -> list[str]:

@@ -2,6 +2,10 @@
 
 Layout on a 2-core machine: the server under test on CPU 0; the load client, the
 feed (this process) and py-spy on CPU 1.
+
+``meksd-msgpack`` is meksd again, at point 1 only, with every dashboard speaking the
+``meks.v1.msgpack`` subprotocol: its bytes received and server CPU against the JSON
+``meksd`` run are the measured saving.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ OUT = servers.ROOT / "benchmarks" / "out"
 P1, BURST, CEILING0, P3, PROFILE = 1, 2, 10, 30, 40
 MEKSD_SRC: Path | None = None
 """Where the meksd under test is imported from (None: this working tree)."""
+MSGPACK_KIND = "meksd-msgpack"
+KINDS = (servers.SERVER_KINDS[0], MSGPACK_KIND, *servers.SERVER_KINDS[1:])
+"""Every single-room session, in the order they run (``--only`` picks among them)."""
 
 
 @attrs.frozen
@@ -51,6 +58,8 @@ class Profile:
     p3_rate: float
     p3_s: float
     profile_s: float
+    msgpack_p1_s: float
+    """Point 1 of the ``meksd-msgpack`` run (a rate: shorter than ``p1_s`` is enough)."""
     ceiling_servers: tuple[str, ...] = ("meksd", "node-event")
 
 
@@ -73,6 +82,7 @@ FULL = Profile(
     p3_rate=50,
     p3_s=60,
     profile_s=30,
+    msgpack_p1_s=60,
 )
 QUICK = Profile(
     name="quick",
@@ -93,6 +103,7 @@ QUICK = Profile(
     p3_rate=50,
     p3_s=6,
     profile_s=0,
+    msgpack_p1_s=8,
 )
 
 
@@ -154,7 +165,8 @@ class Client:
         *,
         cpu: int | None,
         series: Path | None,
-        msgpack: bool,
+        estimate_msgpack: bool,
+        wire: str = "json",
     ) -> Client:
         argv = [
             sys.executable, "-m", "benchmarks.client",
@@ -164,8 +176,10 @@ class Client:
         ]  # fmt: skip
         if series is not None:
             argv += ["--series", str(series)]
-        if msgpack:
-            argv.append("--msgpack")
+        if estimate_msgpack:
+            argv.append("--estimate-msgpack")
+        if wire != "json":
+            argv += ["--wire", wire]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE,
@@ -297,12 +311,16 @@ def passes(r: dict[str, Any], level: float) -> bool:
 
 
 async def single_room_session(kind: str, prof: Profile, out: Path, log: Any) -> dict[str, Any]:
-    """One server process, one client: point 1, the burst run, then the ceiling."""
+    """One server process, one client: point 1, the burst run, then the ceiling.
+
+    ``meksd-msgpack``: meksd with ``meks.v1.msgpack`` dashboards, point 1 only.
+    """
     server_cpu, client_cpu = cpus()
+    msgpack = kind == MSGPACK_KIND
     feed = feedmod.FeedServer()
     await feed.start()
     server = await servers.start(
-        kind,
+        "meksd" if msgpack else kind,
         feed_urls=[feed.url(0)],
         rooms=["bench0"],
         out=out / kind,
@@ -313,16 +331,23 @@ async def single_room_session(kind: str, prof: Profile, out: Path, log: Any) -> 
     client = None
     try:
         await feed.wait_for(1, 30)
-        series = out / kind / "series.bin"
+        series = None if msgpack else out / kind / "series.bin"
         client = await Client.start(
             server, ["bench0"], prof.dashboards, prof.verify, cpu=client_cpu,
-            series=series, msgpack=(kind == "meksd"),
+            series=series, estimate_msgpack=(kind == "meksd"),
+            wire="msgpack" if msgpack else "json",
         )  # fmt: skip
         await asyncio.sleep(0.5)
-        log(f"  {kind}: point 1, {prof.p1_rate:g} ev/s for {prof.p1_s:g}s")
+        p1_s = prof.msgpack_p1_s if msgpack else prof.p1_s
+        log(f"  {kind}: point 1, {prof.p1_rate:g} ev/s for {p1_s:g}s")
         result["p1"] = await play_phase(
-            feed, feedmod.steady(P1, prof.p1_rate, prof.p1_s), server, client, prof.drain_s
+            feed, feedmod.steady(P1, prof.p1_rate, p1_s), server, client, prof.drain_s
         )
+        if msgpack:
+            final = await client.ask("final", {})
+            result["client_final"] = {k: v for k, v in final.items() if k != "phases"}
+            result["peak_rss_mb"] = Meter(server.pid).peak_rss_mb()
+            return result
         log(f"  {kind}: burst run")
         result["burst"] = await play_phase(
             feed,
@@ -381,7 +406,7 @@ async def multi_room_session(prof: Profile, out: Path, log: Any) -> dict[str, An
         await feed.wait_for(len(rooms), 30)
         client = await Client.start(
             server, rooms, prof.p3_per_room, len(rooms), cpu=client_cpu, series=None,
-            msgpack=False,
+            estimate_msgpack=False,
         )  # fmt: skip
         await asyncio.sleep(0.5)
         log(
@@ -418,7 +443,7 @@ async def profile_session(prof: Profile, out: Path, log: Any) -> dict[str, Any]:
         await feed.wait_for(1, 30)
         client = await Client.start(
             server, ["bench0"], prof.dashboards, prof.verify, cpu=client_cpu, series=None,
-            msgpack=False,
+            estimate_msgpack=False,
         )  # fmt: skip
         await asyncio.sleep(0.5)
         spy = await asyncio.create_subprocess_exec(
@@ -501,7 +526,7 @@ async def run(prof: Profile, only: list[str] | None, log: Any) -> dict[str, Any]
         log("one CPU: no pinning (server and client compete)")
     out = OUT / prof.name
     out.mkdir(parents=True, exist_ok=True)
-    kinds = [k for k in servers.SERVER_KINDS if only is None or k in only]
+    kinds = [k for k in KINDS if only is None or k in only]
     if any(k.startswith("node") for k in kinds) and not node_ok(log):
         kinds = [k for k in kinds if not k.startswith("node")]
     results: dict[str, Any] = {

@@ -13,6 +13,7 @@ import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import msgpack
 import orjson
 import trio
 
@@ -36,6 +37,8 @@ class RawClient:
         self._buf = bytearray()
         self.status = 0
         self.body = b""
+        self.headers: dict[str, str] = {}
+        """The handshake answer's headers (lower-case names; the last of repeats)."""
 
     async def _fill(self, n: int) -> None:
         while len(self._buf) < n:
@@ -77,6 +80,8 @@ class RawClient:
         length = 0
         for line in head.split("\r\n")[1:]:
             name, _, value = line.partition(":")
+            if name.strip():
+                self.headers[name.strip().lower()] = value.strip()
             if name.strip().lower() == "content-length":
                 length = int(value.strip())
         if self.status != 101 and length:
@@ -126,6 +131,15 @@ class RawClient:
         """The next message, decoded (server messages are single text frames)."""
         _, payload = await self.recv_frame()
         return orjson.loads(payload)
+
+    async def recv_msgpack(self) -> object:
+        """The next ``meks.v1.msgpack`` message, decoded; it must be a binary frame."""
+        opcode, payload = await self.recv_frame()
+        assert opcode == BINARY, f"expected a binary frame, got opcode {opcode}: {payload[:80]!r}"
+        return msgpack.unpackb(payload)
+
+    async def send_msgpack(self, message: object) -> None:
+        await self.send_frame(BINARY, msgpack.packb(message))
 
 
 @asynccontextmanager

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import msgpack
 import orjson
 import trio
 from trio_websocket import (
@@ -18,6 +19,9 @@ from trio_websocket import (
 )
 
 from meksd.core.wire import apply_delta
+
+MSGPACK = ["meks.v1.msgpack"]
+"""The subprotocols a msgpack dashboard offers."""
 
 
 class ProtocolViolation(AssertionError):
@@ -60,17 +64,29 @@ class RoomView:
 
 
 class DashClient:
-    """A dashboard over a real WebSocket that checks contiguity as it goes."""
+    """A dashboard over a real WebSocket that checks contiguity as it goes.
 
-    def __init__(self, url: str) -> None:
+    With ``msgpack``, it speaks ``meks.v1.msgpack`` (open its socket with
+    ``subprotocols=MSGPACK``): it sends msgpack in binary frames and takes only
+    binary frames. ``deltas`` keeps every delta received, by seq, when ``record``.
+    """
+
+    def __init__(self, url: str, *, msgpack: bool = False, record: bool = False) -> None:
         self.url = url
+        self.msgpack = msgpack
         self.views: dict[str, RoomView] = {}
         self.others: list[dict[str, Any]] = []
         self.ws: WebSocketConnection | None = None
+        self.record = record
+        self.deltas: dict[int, dict[str, Any]] = {}
+        self.bytes_received = 0
 
     async def send(self, msg: dict[str, Any]) -> None:
         assert self.ws is not None
-        await self.ws.send_message(orjson.dumps(msg).decode())
+        if self.msgpack:
+            await self.ws.send_message(msgpack.packb(msg))
+        else:
+            await self.ws.send_message(orjson.dumps(msg).decode())
 
     async def subscribe(self, room: str, *, resume: bool = False) -> None:
         msg: dict[str, Any] = {"type": "subscribe", "room": room}
@@ -80,9 +96,19 @@ class DashClient:
         await self.send(msg)
 
     def take(self, raw: str | bytes) -> None:
-        decoded = orjson.loads(raw)
+        self.bytes_received += len(raw)
+        if self.msgpack:
+            if not isinstance(raw, bytes):
+                raise ProtocolViolation(f"a text frame on a msgpack connection: {raw[:80]!r}")
+            decoded = msgpack.unpackb(raw)
+        else:
+            if not isinstance(raw, str):
+                raise ProtocolViolation(f"a binary frame on a JSON connection: {raw[:80]!r}")
+            decoded = orjson.loads(raw)
         items = decoded if isinstance(decoded, list) else [decoded]
         for msg in items:
+            if self.record and msg["type"] == "delta":
+                self.deltas[msg["seq"]] = msg
             room = msg.get("room")
             if msg["type"] in ("snapshot", "delta", "lagged") and room in self.views:
                 self.views[room].take(msg)

@@ -21,6 +21,10 @@ rate (``rate_limited``; sustained, 1008), authentication (before a valid token o
 ``hello`` and ``ping`` are answered; none within ``auth_timeout_s``: 1008) and room
 scope (``forbidden``). :attr:`Dashboard.role`, :attr:`Dashboard.rooms` and
 :meth:`Dashboard.can_command` say what the connection may do.
+
+A connection accepted with the ``meks.v1.msgpack`` subprotocol (:attr:`Dashboard.msgpack`)
+is sent every message as msgpack in a binary frame, and may send msgpack in binary
+frames as well as JSON in text frames; the rules for what it sends are the same.
 """
 
 from __future__ import annotations
@@ -36,17 +40,18 @@ from meksd import __version__
 from meksd.config import ServerConfig
 from meksd.core.access import OPEN_GRANT, Grant, Role, authenticate
 from meksd.core.limits import RateLimit, new_gate, pass_message
-from meksd.core.protocol import from_wire
+from meksd.core.protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, from_wire
 from meksd.model.commands import CommandResult
 from meksd.model.wire import Command, Hello, Ping, ProtocolError, Subscribe, Unsubscribe
 from meksd.runtime.access import Access
+from meksd.runtime.codec import from_msgpack, to_msgpack
 from meksd.runtime.commands import CommandRouter, ack_message, answer_command
 from meksd.runtime.histogram import HistogramFamily
 from meksd.runtime.hub import Hub, RoomFeed
 from meksd.runtime.stats import DashboardTotals
 from meksd.runtime.wsconn import ConnectionGone, WsConnection
 
-PROTOCOL = "meks.v1"
+PROTOCOL = SUBPROTOCOL_JSON
 MAX_DELTAS_PER_MESSAGE = 256
 CLOSE_TIMEOUT_S = 2.0
 
@@ -54,7 +59,7 @@ CLOSE_TIMEOUT_S = 2.0
 class Subscription:
     """One room of one dashboard: where the dashboard is in the room's history."""
 
-    __slots__ = ("cursor", "dash", "epoch", "feed", "live")
+    __slots__ = ("cursor", "dash", "epoch", "feed", "live", "msgpack")
 
     def __init__(self, dash: Dashboard, feed: RoomFeed, epoch: str | None, cursor: int) -> None:
         self.dash = dash
@@ -64,6 +69,8 @@ class Subscription:
         self.cursor = cursor
         """The last seq the client has (been sent)."""
         self.live = False
+        self.msgpack = dash.msgpack
+        """Frames for this subscription are msgpack (binary), not JSON (text)."""
 
     def deliver(self, seq: int, frame: bytes) -> bool:
         """Called by the feed as it publishes ``seq``. Synchronous."""
@@ -101,6 +108,10 @@ class Dashboard:
         self.conn = conn
         self.hub = hub
         self.config = config
+        self.protocol = conn.subprotocol or PROTOCOL
+        """``meks.v1`` (JSON; also when the client named no subprotocol) or
+        ``meks.v1.msgpack``."""
+        self.msgpack = self.protocol == SUBPROTOCOL_MSGPACK
         self.conn_id = conn_id
         self.totals = totals
         self.latency = latency
@@ -150,7 +161,7 @@ class Dashboard:
     def _welcome(self) -> dict[str, object]:
         return {
             "type": "welcome",
-            "protocol": PROTOCOL,
+            "protocol": self.protocol,
             "server": f"meksd/{__version__}",
             "conn": self.conn_id,
             "rooms": self.grant.visible(self.hub.room_ids()) if self.grant is not None else [],
@@ -179,7 +190,7 @@ class Dashboard:
                     nursery.start_soon(self._heartbeat)
                     if self.grant is None:
                         nursery.start_soon(self._auth_deadline)
-                    self.send_json(self._welcome())
+                    self.send_message(self._welcome())
                     await self._read()
                     nursery.cancel_scope.cancel()
         finally:
@@ -214,15 +225,20 @@ class Dashboard:
         self.totals.bytes_sent += n
 
     def send(self, body: bytes) -> None:
-        """Queue one text message (written now if the socket takes it)."""
-        self.conn.send_text_nowait(body)
+        """Queue one message already encoded for this connection (written now if the
+        socket takes it): JSON in a text frame, or msgpack in a binary frame."""
+        if self.msgpack:
+            self.conn.send_binary_nowait(body)
+        else:
+            self.conn.send_text_nowait(body)
         self.count_sent(len(body))
 
-    def send_json(self, message: dict[str, object]) -> None:
-        self.send(orjson.dumps(message))
+    def send_message(self, message: dict[str, object]) -> None:
+        """Encode ``message`` for this connection (JSON or msgpack) and queue it."""
+        self.send(to_msgpack(message) if self.msgpack else orjson.dumps(message))
 
     def send_error(self, code: str, message: str, **extra: object) -> None:
-        self.send_json({"type": "error", "code": code, "message": message, **extra})
+        self.send_message({"type": "error", "code": code, "message": message, **extra})
 
     # --- reading ----------------------------------------------------------------
 
@@ -252,13 +268,19 @@ class Dashboard:
                     self.close(1008, "rate limit exceeded")
                     return
                 continue
-            if isinstance(data, bytes):
+            if isinstance(data, str):
+                try:
+                    obj = orjson.loads(data)
+                except orjson.JSONDecodeError as exc:
+                    self.send_error("bad_json", f"message is not JSON: {exc}"[:200])
+                    continue
+            elif self.msgpack:
+                obj = from_msgpack(data)
+                if isinstance(obj, ProtocolError):
+                    self.send_error(obj.code, obj.message)
+                    continue
+            else:
                 self.send_error("bad_request", "expected a text message, got binary")
-                continue
-            try:
-                obj = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                self.send_error("bad_json", f"message is not JSON: {exc}"[:200])
                 continue
             msg = from_wire(obj)
             if self.grant is None and not isinstance(msg, Hello | Ping | ProtocolError):
@@ -271,7 +293,7 @@ class Dashboard:
                 refusal = CommandResult(
                     False, "forbidden", f"room {msg.room!r} is outside this token's rooms"
                 )
-                self.send_json(ack_message(msg.id, refusal))
+                self.send_message(ack_message(msg.id, refusal))
             else:
                 await self._dispatch(msg)
 
@@ -301,7 +323,7 @@ class Dashboard:
         elif self.grant is None:
             self.send_error("unauthorized", "hello needs a token on this server")
             return
-        self.send_json(self._welcome())
+        self.send_message(self._welcome())
 
     async def _dispatch(self, msg: object) -> None:
         if isinstance(msg, ProtocolError):
@@ -310,7 +332,7 @@ class Dashboard:
             pong: dict[str, object] = {"type": "pong"}
             if msg.id is not None:
                 pong["id"] = msg.id
-            self.send_json(pong)
+            self.send_message(pong)
         elif isinstance(msg, Hello):
             self._hello(msg)
         elif isinstance(msg, Subscribe):
@@ -330,7 +352,7 @@ class Dashboard:
                 # Token mode: the token's name; open mode: each connection on its own.
                 operator=self.grant.name if self.grant and self.grant is not OPEN_GRANT else None,
             )
-            self.send_json(ack)
+            self.send_message(ack)
 
     def _subscribe(self, msg: Subscribe) -> None:
         if not self.can_read(msg.room):  # checked first: no hint whether the room exists
@@ -405,7 +427,7 @@ class Dashboard:
         elif sub.cursor < feed.first_seq - 1:
             self.lagged += 1
             self.totals.lagged[feed.room_id] += 1
-            self.send_json(
+            self.send_message(
                 {
                     "type": "lagged",
                     "room": feed.room_id,
@@ -417,7 +439,9 @@ class Dashboard:
             self._send_snapshot(sub)
         elif sub.cursor < feed.seq:
             oldest = feed.received_at(sub.cursor + 1)
-            sub.cursor, body = feed.deltas_after(sub.cursor, limit=MAX_DELTAS_PER_MESSAGE)
+            sub.cursor, body = feed.deltas_after(
+                sub.cursor, limit=MAX_DELTAS_PER_MESSAGE, msgpack=self.msgpack
+            )
             self.send(body)
             if self.latency is not None:
                 self.latency.labels(feed.room_id).observe(trio.current_time() - oldest)
@@ -430,7 +454,7 @@ class Dashboard:
     def _send_snapshot(self, sub: Subscription) -> None:
         feed = sub.feed
         epoch = feed.epoch
-        seq, body = feed.snapshot()
+        seq, body = feed.snapshot(msgpack=self.msgpack)
         self.snapshots += 1
         self.totals.snapshots[feed.room_id] += 1
         self.send(body)

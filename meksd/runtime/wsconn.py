@@ -4,9 +4,10 @@ Why not trio-websocket here: fanning one delta out to hundreds of dashboards thr
 ``send_message`` costs a task wake-up, a lock, a shielded cancel scope, a wsproto
 re-framing and an awaited ``send_all`` per dashboard per delta (see BENCHMARKS.md).
 Server frames are unmasked, so the frame for a delta is the same bytes for every
-dashboard: it is built once per room (:func:`text_frame`) and written to each socket
-with one non-blocking ``send``. Only what the kernel does not take is kept, in the
-connection's ``out`` buffer, which a per-connection writer task drains.
+dashboard: it is built once per room (:func:`text_frame`; :func:`binary_frame` for
+``meks.v1.msgpack``) and written to each socket with one non-blocking ``send``. Only
+what the kernel does not take is kept, in the connection's ``out`` buffer, which a
+per-connection writer task drains.
 
 Every byte meant for the peer goes through ``out`` or straight to the socket *only
 when ``out`` is empty*, so frames are never interleaved and never torn: a cancelled
@@ -57,6 +58,11 @@ def text_frame(payload: bytes) -> bytes:
     return _frame(0x81, payload)
 
 
+def binary_frame(payload: bytes) -> bytes:
+    """One unmasked, final binary frame carrying ``payload`` (msgpack)."""
+    return _frame(0x82, payload)
+
+
 def _frame(first: int, payload: bytes) -> bytes:
     n = len(payload)
     if n < 126:
@@ -87,10 +93,17 @@ class WsConnection:
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        with contextlib.suppress(OSError):
+            # Every write is a whole frame meant to leave now. With Nagle's algorithm a
+            # frame written while the previous one is unacknowledged waits for the
+            # client's (delayed, up to 40 ms) ACK: that was most of the latency tail.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.max_message_bytes = max_message_bytes
         self.send_timeout_s = send_timeout_s
         self.ws = WSConnection(ConnectionType.SERVER)
+        self.subprotocol: str | None = None
+        """The subprotocol the handshake was accepted with (None: none named)."""
         self.out = bytearray()
         self.bytes_sent = 0
         self.dead = False
@@ -139,6 +152,7 @@ class WsConnection:
         self, *, subprotocol: str | None = None, extra_headers: Sequence[tuple[bytes, bytes]] = ()
     ) -> None:
         """Answer the handshake with 101 (no extensions: our frames are plain)."""
+        self.subprotocol = subprotocol
         self._write(
             self.ws.send(
                 AcceptConnection(subprotocol=subprotocol, extra_headers=list(extra_headers))
@@ -171,6 +185,9 @@ class WsConnection:
 
     def send_text_nowait(self, payload: bytes) -> None:
         self.send_frame_nowait(text_frame(payload))
+
+    def send_binary_nowait(self, payload: bytes) -> None:
+        self.send_frame_nowait(binary_frame(payload))
 
     def ping_nowait(self, payload: bytes) -> None:
         if not self.dead and self.close_code is None:

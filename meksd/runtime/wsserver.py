@@ -26,6 +26,7 @@ from loguru import logger
 from meksd.access_config import AuthConfig, access_policy
 from meksd.config import ServerConfig, parse_listen
 from meksd.core.access import Handshake, Refuse, admit
+from meksd.core.protocol import choose_subprotocol
 from meksd.runtime.access import Access, grant_survives
 from meksd.runtime.commands import CommandRouter
 from meksd.runtime.dashboard import Dashboard
@@ -274,7 +275,8 @@ class DashboardServer:
             self._refused(verdict.reason, address, verdict.status, log)
             conn.reject_nowait(verdict.status, f"{verdict.message}\n".encode())
             return None
-        conn.accept_nowait()
+        # The first subprotocol the client offers that we speak (docs/protocol.md).
+        conn.accept_nowait(subprotocol=choose_subprotocol(request.subprotocols))
         return verdict
 
     async def _flush_refusal(self, conn: WsConnection) -> None:
@@ -305,7 +307,7 @@ class DashboardServer:
         dash = self.by_conn.get(conn_id)
         if dash is None or dash.conn.dead:
             return False
-        dash.send_json(message)
+        dash.send_message(message)
         return True
 
     def _add(self, dash: Dashboard) -> None:
