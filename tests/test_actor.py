@@ -164,6 +164,40 @@ async def test_tick_coalescing_leading_and_trailing_edge(
     assert actor.counters.deltas == 2
 
 
+async def test_a_busy_room_takes_one_step_per_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While a delta waits for its tick, events stay queued and are reduced together
+    right before the publish: 40 events 1 ms apart in a 16 ms tick take two steps per
+    tick, not 40, and the published state is every one of them."""
+    initial = start_state()
+    feed = RoomFeed(initial, 0, ring_size=100)
+    send, receive = trio.open_memory_channel[InboxItem](100)
+    actor = RoomActor(Owned(initial), feed, receive, tick_s=0.016, counters=RoomCounters())
+    steps: list[int] = []
+    step = actor.step
+
+    def counted(batch: Any, now: float, *, final: bool = False) -> None:
+        steps.append(len(batch))
+        step(batch, now, final=final)
+
+    actor.step = counted  # type: ignore[method-assign]
+    events = make_events(40)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor.run)
+        for event in events:
+            await send.send(event)
+            await trio.sleep(0.001)
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert sum(steps) == 40
+    # Per tick: one step takes the first event after a publish, one applies the rest.
+    assert len(steps) <= 2 * (40 * 0.001 / 0.016 + 1) + 1, steps
+    assert max(steps) > 10, "held events are applied in one batch"
+    assert feed.state == reduce(initial, events)[0]
+    assert actor.counters.deltas <= 40 * 0.001 / 0.016 + 2, "one delta per tick at most"
+
+
 async def test_open_streak_expires_and_is_published(autojump_clock: trio.testing.MockClock) -> None:
     """A streak with no end is counted after streak_timeout_s by the actor's timer, once."""
     initial = start_state(RoomConfig(streak_timeout_s=15))

@@ -1,13 +1,18 @@
 """The room actor: sole owner of a room's state.
 
-The loop has exactly one ``await``: taking the next item from the inbox. Everything
-after it — draining what else is queued, reducing, expiring streaks, encoding and
-publishing — is one synchronous step. A cancellation therefore lands either before
+The loop has exactly one ``await``: taking the next item from the inbox, or, while
+changes wait for the next tick, sleeping until it. Everything after it — draining
+what is queued, reducing, expiring streaks, encoding and publishing — is one
+synchronous step. A cancellation therefore lands either before
 an event is taken (it stays in the channel) or after it is fully applied; there is
 no state in between (see ``tests/test_actor_cancel.py``).
 
 Publishing is coalesced per tick with a leading and a trailing edge: an idle room
-publishes at once; a busy one at most once per ``tick_s``. The changes waiting for
+publishes at once; a busy one at most once per ``tick_s``. While a busy room waits
+for its tick, events stay in the inbox (bounded, so backpressure still reaches the
+source) and are reduced together right before the publish: a room at 500 events/s
+takes about 60 steps a second instead of 500, and so do the commands and probes that
+wait behind them (an operator's ack waits at most one tick). The changes waiting for
 the next tick (``pending``) are swapped together with the state, as one
 :class:`Owned` value, so a restarted actor publishes them rather than losing them.
 """
@@ -119,15 +124,25 @@ class RoomActor:
         task_status.started()
         while True:
             batch: list[InboxItem] = []
-            with trio.move_on_at(self._deadline()):
-                try:
-                    batch.append(await self.inbox.receive())
-                except trio.EndOfChannel:
-                    self.step([], trio.current_time(), final=True)
-                    return
+            if self._holding():
+                # Changes wait for the tick: what arrives meanwhile stays queued in the
+                # inbox and is applied in one batch right before the publish, one step
+                # per tick instead of one per event.
+                await trio.sleep_until(self._deadline())
+            else:
+                with trio.move_on_at(self._deadline()):
+                    try:
+                        batch.append(await self.inbox.receive())
+                    except trio.EndOfChannel:
+                        self.step([], trio.current_time(), final=True)
+                        return
             # No checkpoint from here to the end of the iteration.
             self._drain_into(batch)
             self.step(batch, trio.current_time())
+
+    def _holding(self) -> bool:
+        """Whether unpublished changes are waiting for the next tick."""
+        return not self.owned.pending.empty and trio.current_time() < self._next_publish
 
     def _deadline(self) -> float:
         owned = self.owned
