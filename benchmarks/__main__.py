@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only meksd,node-batched,...,rooms,profile]``."""
+"""``python -m benchmarks [--quick] [--only meksd,meksd-msgpack,node-batched,...,rooms,profile]``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the short profile (< 2 minutes)")
     ap.add_argument(
         "--only",
-        help="comma-separated: meksd, node-batched, node-event, py-websockets, rooms, profile",
+        help="comma-separated: meksd, meksd-msgpack, node-batched, node-event, py-websockets, "
+        "rooms, profile",
     )
     ap.add_argument("--profile-seconds", type=float, help="py-spy run length (0: skip)")
     ap.add_argument(
