@@ -6,20 +6,22 @@ state export`` prints the same bytes and ``meksd state import`` reads them.
 
 The format is UTF-8 JSON (stdlib ``json``), versioned, one object::
 
-    {"format": "meksd.room-state", "version": 1, "seq": 1832,
+    {"format": "meksd.room-state", "version": 2, "seq": 1832,
      "state": {"room_id": ..., "epoch": ..., "config": {...}, "leaderboard": [...],
                "totals": {...}, "viewers": ..., "live": ..., "battle": ...,
                "chat": [...], "streaks": [[key, streak], ...],
                "closed_streaks": [[key, streak], ...],
-               "dedup": {"capacity": ..., "current": [...], "previous": [...]},
+               "dedup": {"capacity": ..., "segment": ..., "current": [...],
+                         "sealed": [[...], ...]},
                "counter": ..., "events": ..., "duplicates": ..., "streaks_timed_out": ...}}
 
 ``state`` holds every field of :class:`~meksd.model.state.RoomState` under its own
 name (cattrs, attrs field order). The persistent maps are written sorted by key:
 leaderboard rows as a list ordered by ``user_id``; remembered msgIds as sorted
-strings; maps with tuple keys (streaks) as ``[[user_id, gift_id, group_id], value]``
-pairs; other string-keyed maps (remembered command ids) as objects. So equal states
-give equal bytes and ``state_to_bytes(*state_from_bytes(b)) == b``. A field added
+strings per segment (the open one, then the sealed ones, newest first); maps
+with tuple keys (streaks) as ``[[user_id, gift_id, group_id], value]`` pairs;
+other string-keyed maps (remembered command ids) as objects. So equal states give
+equal bytes and ``state_to_bytes(*state_from_bytes(b)) == b``. A field added
 to the state later with a default reads older documents (the default fills in);
 removing or retyping one needs a new version.
 
