@@ -82,6 +82,11 @@ class _Outlet:
         one; otherwise drop it. Blocks while the room's channel is full."""
         await self._selector._forward(self._index, value)
 
+    async def send_batch(self, values: Sequence[RawRecord], /) -> None:
+        """``send`` for records read together, with one checkpoint when the room's
+        channel takes them all at once."""
+        await self._selector._forward_batch(self._index, values)
+
 
 class SourceSelector:
     """Runs one room's sources in failover order (see the module doc)."""
@@ -273,6 +278,37 @@ class SourceSelector:
                 return
 
     # --- the outlets' path ------------------------------------------------------
+
+    async def _forward_batch(self, index: int, records: Sequence[RawRecord]) -> None:
+        assert self._selection is not None and self._raw is not None
+        if not records:
+            await trio.lowlevel.checkpoint()
+            return
+        self._decide(on_record(self._selection, index, trio.current_time(), self.policy))
+        counters = self.counters
+        if self._selection.active != index:
+            counters.standby_dropped += len(records)
+            await trio.lowlevel.checkpoint()
+            return
+        raw = self._raw
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        for record in records:
+            try:
+                raw.send_nowait(record)
+            except trio.WouldBlock:
+                waited = True
+                counters.ingest_waits += 1
+                blocked_at = trio.current_time()
+                try:
+                    await raw.send(record)
+                finally:
+                    counters.ingest_wait_s += trio.current_time() - blocked_at
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        depth = raw.statistics().current_buffer_used
+        if depth > counters.ingest_peak:
+            counters.ingest_peak = depth
 
     async def _forward(self, index: int, record: RawRecord) -> None:
         assert self._selection is not None and self._raw is not None

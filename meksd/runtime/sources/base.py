@@ -18,9 +18,10 @@ the room's stream has ended, so that an ended room does not hammer its feed.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
-from typing import Literal, Protocol
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -78,6 +79,18 @@ class RecordSink(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchSink(Protocol):
+    """A :class:`RecordSink` that also takes several records in one call."""
+
+    async def send(self, value: RawRecord, /) -> None: ...
+
+    async def send_batch(self, values: Sequence[RawRecord], /) -> None:
+        """Hand over ``values`` in order, as ``send`` would one by one, with a single
+        checkpoint when the room takes them all at once."""
+        ...
+
+
 class Source(Protocol):
     """One upstream feed of one room."""
 
@@ -114,6 +127,10 @@ def _never() -> bool:
     return False
 
 
+def _now_or_earlier() -> float:
+    return -math.inf
+
+
 @attrs.frozen
 class Pacing:
     """How long a source really waits before its next attempt or poll.
@@ -127,6 +144,18 @@ class Pacing:
     ended: Callable[[], bool] = _never
     """Whether the room's stream has ended (read at each wait)."""
     ended_backoff_s: float = 60.0
+    read_after: Callable[[], float] = _now_or_earlier
+    """When a push source should read its next message (``trio.current_time()``
+    clock; ``-inf``: now). The room's actor sets it while a delta waits for its
+    tick: what arrives meanwhile is read in one batch just before the tick instead of
+    one wake-up per message (see :meth:`before_read`)."""
+
+    async def before_read(self) -> None:
+        """Wait until the room wants the next message (no checkpoint when it does now:
+        the read that follows is one)."""
+        due = self.read_after()
+        if due > trio.current_time():
+            await trio.sleep_until(due)
 
     def delay(self, usual: float, rng: Jitter) -> float:
         """The wait before the next attempt, given the source's ``usual`` one."""
@@ -177,6 +206,25 @@ class SourceMeter:
         """
         await send.send(self.stamp(payload))
         self.records += 1
+
+    async def push_all(self, send: RecordSink, payloads: Sequence[bytes | str]) -> None:
+        """Stamp ``payloads`` (read together: one time) and hand them over in order.
+
+        With a :class:`BatchSink` the batch goes in one call (one checkpoint, so the
+        room's normalizer wakes once for all of it); otherwise one ``send`` each.
+        """
+        now = trio.current_time()
+        wall_ms = int(time.time() * 1000)
+        self.last_record_at = now
+        self.failures_in_a_row = 0
+        records = [RawRecord(p, now, wall_ms, self.name) for p in payloads]
+        if isinstance(send, BatchSink):
+            await send.send_batch(records)
+            self.records += len(records)
+            return
+        for record in records:
+            await send.send(record)
+            self.records += 1
 
     def fail(self, reason: str) -> None:
         """Count a failure and remember why."""

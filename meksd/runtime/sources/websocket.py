@@ -1,6 +1,9 @@
-"""The ``websocket`` source: a trio-websocket client of a feed relay.
+"""The ``websocket`` source: a WebSocket client of a feed relay.
 
-Each WebSocket message (text or binary) becomes one ``RawRecord``, pushed untouched.
+Each WebSocket message (text or binary) becomes one ``RawRecord``, pushed untouched,
+in order. Messages are read a batch at a time (:mod:`meksd.runtime.sources.wsclient`)
+and, while the room's actor holds a delta for its tick, not before shortly ahead of
+that tick (:meth:`~meksd.runtime.sources.base.Pacing.before_read`).
 When the connection cannot be opened or drops, the source waits with exponential
 backoff and full jitter (a delay drawn uniformly from ``[0, min(backoff_max_s,
 backoff_initial_s · 2^n)]`` after the n-th consecutive failure) and connects again.
@@ -11,11 +14,8 @@ every delay to 30-60 s (``ended_backoff_s``).
 
 ``connect_timeout_s`` bounds TCP connect, TLS and the WebSocket handshake together.
 
-The source opens (and therefore always closes) the TCP/TLS stream itself and hands
-it to ``trio_websocket.wrap_client_stream``: ``open_websocket_url`` in
-trio-websocket 0.12 never closes the client's socket when the server closes first or
-rejects the handshake, which over hours of reconnects leaks descriptors until the
-garbage collector runs.
+The source opens (and therefore always closes) the TCP/TLS stream itself, whatever
+ends the connection: over hours of reconnects nothing leaks a descriptor.
 """
 
 from __future__ import annotations
@@ -27,12 +27,6 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 from loguru import logger
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    wrap_client_stream,
-)
 
 from meksd.config import WebsocketSourceConfig
 from meksd.runtime.sources.base import (
@@ -42,6 +36,12 @@ from meksd.runtime.sources.base import (
     SourceMeter,
     SourceStatistics,
     full_jitter_delay,
+)
+from meksd.runtime.sources.wsclient import (
+    FeedClosed,
+    FeedConnection,
+    FeedHandshakeError,
+    FeedRejected,
 )
 
 __all__ = ["WebsocketSource"]
@@ -151,16 +151,7 @@ class WebsocketSource:
             with trio.fail_at(deadline):
                 stream = await self._open_stream()
             async with stream:
-                try:
-                    return await self._session(stream, send, deadline)
-                except BaseExceptionGroup as group:
-                    gone, _ = group.split(_RoomGone)
-                    if gone is not None:
-                        raise _first_leaf(gone) from None
-                    errors, rest = group.split(Exception)
-                    if errors is None or rest is not None:
-                        raise  # cancellation in flight: let it through
-                    return self._describe(_first_leaf(errors))
+                return await self._session(stream, send, deadline)
         except _RoomGone:
             raise
         except Exception as exc:
@@ -177,58 +168,36 @@ class WebsocketSource:
 
     async def _session(self, stream: _Stream, send: RecordSink, deadline: float) -> str:
         cfg = self._config
-        async with trio.open_nursery() as nursery:
-            try:
-                with trio.fail_at(deadline):
-                    ws = await wrap_client_stream(
-                        nursery,
-                        stream,
-                        self._target.host_header,
-                        self._target.resource,
-                        max_message_size=cfg.max_message_bytes,
-                    )
-                self._meter.connects += 1
-                self._meter.state = "connected"
-                self._log.bind(event="source_connected").info("connected to {url}", url=cfg.url)
-                while True:
-                    message = await ws.get_message()
-                    try:
-                        await self._meter.push(send, message)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        raise _RoomGone(exc) from exc
-            except ConnectionClosed as exc:
-                return _describe_close(exc)
-            finally:
-                nursery.cancel_scope.cancel()  # stop the reader task; the stream closes after
+        conn = FeedConnection(stream, max_message_bytes=cfg.max_message_bytes)
+        with trio.fail_at(deadline):
+            await conn.handshake(self._target.host_header, self._target.resource)
+        self._meter.connects += 1
+        self._meter.state = "connected"
+        self._log.bind(event="source_connected").info("connected to {url}", url=cfg.url)
+        try:
+            while True:
+                await self._pacing.before_read()
+                messages = await conn.receive_messages()
+                try:
+                    await self._meter.push_all(send, messages)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise _RoomGone(exc) from exc
+        except FeedClosed as exc:
+            return exc.describe()
 
     def _describe(self, exc: BaseException) -> str:
         cfg = self._config
-        if isinstance(exc, ConnectionClosed):
-            return _describe_close(exc)
-        if isinstance(exc, ConnectionRejected):
+        if isinstance(exc, FeedClosed):
+            return exc.describe()
+        if isinstance(exc, FeedRejected):
             return f"handshake rejected with HTTP {exc.status_code}"
         if isinstance(exc, trio.TooSlowError):
             return f"no connection within {cfg.connect_timeout_s:g}s"
-        if isinstance(exc, HandshakeError):
-            return f"handshake failed: {exc.__cause__ or exc!r}"
+        if isinstance(exc, FeedHandshakeError):
+            return f"handshake failed: {exc}"
         if isinstance(exc, OSError):
             return f"cannot connect: {exc}"
         if isinstance(exc, trio.BrokenResourceError):
             return f"connection broken: {exc.__cause__ or exc!r}"
         self._log.opt(exception=exc).error("unexpected error reading {url}", url=cfg.url)
         return f"unexpected error: {exc!r}"
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _describe_close(exc: ConnectionClosed) -> str:
-    reason = exc.reason
-    if reason is None:
-        return "connection closed"
-    detail = f", {reason.reason}" if reason.reason else ""
-    return f"connection closed (code {reason.code}{detail})"

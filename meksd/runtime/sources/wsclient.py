@@ -1,0 +1,182 @@
+"""The feed side's WebSocket client: wsproto parses, reads come in batches.
+
+Why not trio-websocket's client here (it served this until the benchmarks of
+BENCHMARKS.md): its public API hands over one message per ``get_message``, from a
+reader task through a one-slot channel, so every message costs the process two task
+switches and, at 500 messages a second, a wake-up of its own. A room's actor only
+needs its events at the next publish tick, so this client reads whatever the socket
+holds in one ``receive_some`` and returns every complete message in it: with
+:meth:`meksd.runtime.sources.base.Pacing.before_read` holding reads until shortly
+before the tick, a busy room's feed costs about two wake-ups per tick instead of one
+per message (``docs/architecture.md``, "Feed reads").
+
+The handshake and all parsing (fragments, control frames, UTF-8, close codes) are
+wsproto's; this module only moves bytes and enforces ``max_message_bytes``. It runs
+over any ``trio.abc.Stream`` (a socket, or TLS for ``wss://``) owned by the caller,
+who closes it. One task uses a connection; pings are answered inline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+RECEIVE_BYTES = 65536
+MAX_HANDSHAKE_BYTES = 65536
+MAX_REJECT_BODY = 4096
+
+
+class FeedClosed(Exception):
+    """The connection ended: the relay closed it, it broke, or we closed it (1009)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+    def describe(self) -> str:
+        detail = f", {self.reason}" if self.reason else ""
+        return f"connection closed (code {self.code}{detail})"
+
+
+class FeedRejected(Exception):
+    """The relay answered the handshake with an HTTP status instead of 101."""
+
+    def __init__(self, status_code: int, body: bytes) -> None:
+        super().__init__(status_code)
+        self.status_code = status_code
+        self.body = body
+
+
+class FeedHandshakeError(Exception):
+    """The handshake could not complete (bad response, connection lost)."""
+
+
+class FeedConnection:
+    """A client WebSocket over a trio stream, read a batch of messages at a time."""
+
+    def __init__(self, stream: trio.abc.Stream, *, max_message_bytes: int) -> None:
+        self._stream = stream
+        self._ws = WSConnection(ConnectionType.CLIENT)
+        self._max = max_message_bytes
+        self._parts: list[str | bytes] = []
+        self._part_bytes = 0
+        self._closed: FeedClosed | None = None
+
+    async def handshake(self, host: str, resource: str) -> None:
+        """Send the opening handshake and read the answer.
+
+        Raises :class:`FeedRejected` for an HTTP answer, :class:`FeedHandshakeError`
+        for anything else that is not a 101.
+        """
+        await self._stream.send_all(self._ws.send(Request(host=host, target=resource)))
+        received = 0
+        status: int | None = None
+        body = bytearray()
+        while True:
+            try:
+                events = list(self._ws.events())
+            except RemoteProtocolError as exc:
+                raise FeedHandshakeError(f"bad handshake response: {exc}") from None
+            for event in events:
+                if isinstance(event, AcceptConnection):
+                    # Messages that came in the same read as the 101 stay in wsproto's
+                    # buffer: the first receive_messages() returns them.
+                    return
+                if isinstance(event, RejectConnection):
+                    status = event.status_code
+                    if not event.has_body:
+                        raise FeedRejected(status, b"")
+                elif isinstance(event, RejectData):
+                    if len(body) < MAX_REJECT_BODY:
+                        body += event.data[: MAX_REJECT_BODY - len(body)]
+                    if event.body_finished and status is not None:
+                        raise FeedRejected(status, bytes(body))
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                if status is not None:
+                    raise FeedRejected(status, bytes(body))
+                raise FeedHandshakeError("connection closed during the handshake")
+            received += len(data)
+            if received > MAX_HANDSHAKE_BYTES:
+                raise FeedHandshakeError("handshake response too large")
+            try:
+                self._ws.receive_data(data)
+            except RemoteProtocolError as exc:
+                raise FeedHandshakeError(f"bad handshake response: {exc}") from None
+
+    async def receive_messages(self) -> list[str | bytes]:
+        """Every complete message the socket holds now; waits for at least one.
+
+        Text messages are ``str``, binary ones ``bytes``, as sent. Raises
+        :class:`FeedClosed` when the connection ends; a message larger than
+        ``max_message_bytes`` closes it with 1009 first.
+        """
+        messages: list[str | bytes] = []
+        while True:
+            await self._take_events(messages)
+            if messages:
+                return messages
+            if self._closed is not None:
+                raise self._closed
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                self._closed = FeedClosed(1006, "connection lost")
+                raise self._closed
+            try:
+                self._ws.receive_data(data)
+            except RemoteProtocolError as exc:  # pragma: no cover - wsproto reports via events
+                raise FeedClosed(1002, str(exc)) from None
+
+    async def _take_events(self, messages: list[str | bytes]) -> None:
+        out = bytearray()
+        for event in self._ws.events():
+            if self._closed is not None:
+                break
+            if isinstance(event, (TextMessage, BytesMessage)):
+                self._part_bytes += len(event.data)
+                if self._part_bytes > self._max:
+                    out += self._close_bytes(1009, f"message larger than {self._max} bytes")
+                    self._closed = FeedClosed(1009, "message too big")
+                    break
+                self._parts.append(event.data)
+                if event.message_finished:
+                    parts, self._parts, self._part_bytes = self._parts, [], 0
+                    if len(parts) == 1:
+                        messages.append(parts[0])
+                    elif isinstance(event, TextMessage):
+                        messages.append("".join(parts))  # type: ignore[arg-type]
+                    else:
+                        messages.append(b"".join(parts))  # type: ignore[arg-type]
+            elif isinstance(event, Ping):
+                out += self._ws.send(event.response())
+            elif isinstance(event, CloseConnection):
+                with contextlib.suppress(LocalProtocolError):
+                    out += self._ws.send(event.response())
+                self._closed = FeedClosed(event.code, event.reason or "")
+                break
+        if out:
+            try:
+                await self._stream.send_all(bytes(out))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if self._closed is None:
+                    self._closed = FeedClosed(1006, "connection lost")
+
+    def _close_bytes(self, code: int, reason: str) -> bytes:
+        try:
+            return self._ws.send(CloseConnection(code=code, reason=reason))
+        except LocalProtocolError:
+            return b""
