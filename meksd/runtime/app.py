@@ -44,8 +44,10 @@ from meksd.runtime.store import RoomStore
 from meksd.runtime.wsserver import DashboardServer
 
 PROBE_TIMEOUT_S = 5.0
-GC_THRESHOLD_GEN0 = 10_000
-"""Allocations (minus deallocations) between generation-0 collections once up."""
+GC_THRESHOLDS = (3_000, 10, 200)
+"""``gc.set_threshold`` once up: allocations (minus deallocations) between
+generation-0 collections, generation-0 collections per generation-1 one, and
+generation-1 collections per full one (docs/architecture.md, "GC")."""
 STATUS_EVERY_S = 10.0
 
 
@@ -310,7 +312,7 @@ async def serve(
             # 0 threshold of 700 (CPython's) collected them while still alive, aged
             # them into generation 2 and set off full collections over every room's
             # state (up to 100 ms with 25 rooms). See docs/architecture.md.
-            gc.set_threshold(GC_THRESHOLD_GEN0, 20, 100)
+            gc.set_threshold(*GC_THRESHOLDS)
             logger.info(
                 "meksd ready: {rooms} room(s), dashboards on ws://{host}:{port}/ws",
                 rooms=len(app.rooms),

@@ -59,10 +59,11 @@ CLOSE_TIMEOUT_S = 2.0
 class Subscription:
     """One room of one dashboard: where the dashboard is in the room's history."""
 
-    __slots__ = ("cursor", "dash", "epoch", "feed", "live", "msgpack")
+    __slots__ = ("conn", "cursor", "dash", "epoch", "feed", "live", "msgpack")
 
     def __init__(self, dash: Dashboard, feed: RoomFeed, epoch: str | None, cursor: int) -> None:
         self.dash = dash
+        self.conn = dash.conn
         self.feed = feed
         self.epoch = epoch
         """The epoch the client holds; None until it has a snapshot."""
@@ -73,12 +74,11 @@ class Subscription:
         """Frames for this subscription are msgpack (binary), not JSON (text)."""
 
     def deliver(self, seq: int, frame: bytes) -> bool:
-        """Called by the feed as it publishes ``seq``. Synchronous."""
-        conn = self.dash.conn
-        if conn.out or conn.dead:
+        """Called by the feed as it publishes ``seq``. Synchronous; the hot path of the
+        fan-out (once per dashboard per delta), so it does no more than it must."""
+        if not self.conn.offer(frame):
             self.unlive()
             return False
-        conn.send_frame_nowait(frame)
         self.cursor = seq
         self.dash.count_sent(len(frame))
         return True

@@ -183,6 +183,27 @@ class WsConnection:
             return
         self._write(frame)
 
+    def offer(self, frame: bytes) -> bool:
+        """The fan-out's fast path: write a whole pre-built frame if nothing is waiting.
+
+        False (nothing written) when bytes are already queued, the connection is
+        closing, or it is dead; the caller then catches up later. True when the
+        frame is written or, what the kernel refused of it, queued in ``out``.
+        """
+        if self.out or self.dead or self.close_code is not None:
+            return False
+        try:
+            n = self.sock.send(frame)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self.kill(f"send failed: {exc.strerror or exc}")
+            return False
+        self.bytes_sent += n
+        if n != len(frame):
+            self._queue(memoryview(frame)[n:])
+        return True
+
     def send_text_nowait(self, payload: bytes) -> None:
         self.send_frame_nowait(text_frame(payload))
 
@@ -215,9 +236,13 @@ class WsConnection:
             self.bytes_sent += n
             if n == len(data):
                 return
-            self.out += memoryview(data)[n:]
+            self._queue(memoryview(data)[n:])
         else:
-            self.out += data
+            self._queue(data)
+
+    def _queue(self, data: bytes | memoryview) -> None:
+        """Keep ``data`` for the writer task (the socket took what came before it)."""
+        self.out += data
         if len(self.out) > MAX_OUT_BYTES:
             self.kill(f"more than {MAX_OUT_BYTES} bytes waiting for a peer that does not read")
             return

@@ -72,7 +72,7 @@ class FeedConnection:
         self._stream = stream
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._max = max_message_bytes
-        self._parts: list[str | bytes] = []
+        self._parts: list[str | bytes | bytearray] = []
         self._part_bytes = 0
         self._closed: FeedClosed | None = None
 
@@ -114,7 +114,7 @@ class FeedConnection:
             if received > MAX_HANDSHAKE_BYTES:
                 raise FeedHandshakeError("handshake response too large")
             try:
-                self._ws.receive_data(data)
+                self._ws.receive_data(bytes(data))
             except RemoteProtocolError as exc:
                 raise FeedHandshakeError(f"bad handshake response: {exc}") from None
 
@@ -137,7 +137,7 @@ class FeedConnection:
                 self._closed = FeedClosed(1006, "connection lost")
                 raise self._closed
             try:
-                self._ws.receive_data(data)
+                self._ws.receive_data(bytes(data))
             except RemoteProtocolError as exc:  # pragma: no cover - wsproto reports via events
                 raise FeedClosed(1002, str(exc)) from None
 
@@ -156,7 +156,8 @@ class FeedConnection:
                 if event.message_finished:
                     parts, self._parts, self._part_bytes = self._parts, [], 0
                     if len(parts) == 1:
-                        messages.append(parts[0])
+                        part = parts[0]
+                        messages.append(part if isinstance(part, (str, bytes)) else bytes(part))
                     elif isinstance(event, TextMessage):
                         messages.append("".join(parts))  # type: ignore[arg-type]
                     else:
