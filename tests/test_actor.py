@@ -198,6 +198,41 @@ async def test_a_busy_room_takes_one_step_per_tick(
     assert actor.counters.deltas <= 40 * 0.001 / 0.016 + 2, "one delta per tick at most"
 
 
+@pytest.mark.parametrize(("tick_s", "lead"), [(0.1, 0.004), (0.006, 0.003)])
+async def test_read_after_is_the_next_tick_minus_the_lead_while_a_delta_waits(
+    tick_s: float, lead: float, autojump_clock: trio.testing.MockClock
+) -> None:
+    """-inf while nothing waits (before any event, after the leading-edge publish, after
+    the trailing one); while a delta waits for its tick, the tick minus 4 ms (half the
+    tick when that is shorter), which comes before the publish."""
+    initial = start_state()
+    feed = RoomFeed(initial, 0, ring_size=100)
+    send, receive = trio.open_memory_channel[InboxItem](100)
+    actor = RoomActor(Owned(initial), feed, receive, tick_s=tick_s, counters=RoomCounters())
+    events = make_events(2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor.run)
+        await trio.sleep(0.0001)
+        assert actor.read_after() == -math.inf
+        first_at = trio.current_time()
+        await send.send(events[0])
+        await trio.sleep(0.0001)
+        assert feed.seq == 1, "leading edge: published at once"
+        assert actor.read_after() == -math.inf, "nothing waits after the publish"
+        await send.send(events[1])
+        await trio.sleep(0.0001)
+        assert feed.seq == 1, "held for the tick"
+        read_at = actor.read_after()
+        assert read_at == pytest.approx(first_at + tick_s - lead)
+        await trio.sleep_until(read_at)
+        assert feed.seq == 1, "the read comes before the publish"
+        await trio.sleep_until(first_at + tick_s + 0.0001)
+        assert feed.seq == 2, "trailing edge"
+        assert actor.read_after() == -math.inf
+        nursery.cancel_scope.cancel()
+    assert feed.state == reduce(initial, events)[0]
+
+
 async def test_open_streak_expires_and_is_published(autojump_clock: trio.testing.MockClock) -> None:
     """A streak with no end is counted after streak_timeout_s by the actor's timer, once."""
     initial = start_state(RoomConfig(streak_timeout_s=15))

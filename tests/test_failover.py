@@ -15,10 +15,11 @@ from trio_websocket import WebSocketRequest, serve_websocket
 
 from meksd.core.failover import Policy
 from meksd.model.raw import RawRecord
+from meksd.runtime.actor import InboxItem
 from meksd.runtime.failover import SourceSelector
 from meksd.runtime.health import room_readiness
 from meksd.runtime.metrics import Metrics
-from meksd.runtime.sources.base import SourceMeter, SourceStatistics
+from meksd.runtime.sources.base import BatchSink, SourceMeter, SourceStatistics
 from meksd.runtime.stats import RoomCounters
 from tests.fakefeeds import Upstream, room_from_toml, wait_for
 
@@ -297,6 +298,10 @@ class _Scripted:
     async def record(self) -> None:
         await self._meter.push(self._send, b"{}")  # type: ignore[arg-type]
 
+    async def batch(self, payloads: list[bytes]) -> None:
+        """Records read together (one ``push_all``, as the websocket source does)."""
+        await self._meter.push_all(self._send, payloads)  # type: ignore[arg-type]
+
 
 async def test_failures_are_counted_in_a_row_and_not_against_a_source_taken_back(
     autojump_clock: trio.testing.MockClock,
@@ -368,3 +373,195 @@ async def test_failover_metrics_are_exposed(autojump_clock: trio.testing.MockClo
     assert found[("meksd_source_active", room_label | {("source", "http-poll:1")})] == 1
     assert found[("meksd_source_active", room_label | {("source", "websocket:0")})] == 0
     assert math.isfinite(found[("meksd_ingest_backpressure_waits_total", room_label)])
+
+
+def _queued(receive: trio.MemoryReceiveChannel[RawRecord]) -> list[bytes | str]:
+    """The payloads waiting in ``receive`` now, taken."""
+    out: list[bytes | str] = []
+    while True:
+        try:
+            out.append(receive.receive_nowait().payload)
+        except trio.WouldBlock:
+            return out
+
+
+async def test_a_batch_goes_on_in_order_from_the_active_source_and_is_dropped_from_a_held_down_probe(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """send_batch: the active source's records reach the room's channel in order; a
+    batch is what takes a preferred source back (failback); once that source flapped
+    and is held down, its batch is dropped and every record of it counted."""
+    a, b = _Scripted("a:0"), _Scripted("b:1")
+    counters = RoomCounters()
+    selector = SourceSelector(
+        "r",
+        [a, b],
+        policy=Policy(stall_s=1000, failover_after=2),
+        watch=[True, True],
+        live=lambda: "live",
+        counters=counters,
+    )
+    send, receive = trio.open_memory_channel[RawRecord](math.inf)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(selector.run, send)
+            await a.ready.wait()
+            assert isinstance(a._send, BatchSink)
+            await a.batch([b"a0", b"a1", b"a2"])
+            assert _queued(receive) == [b"a0", b"a1", b"a2"]
+
+            a.fail()
+            a.fail()
+            await trio.sleep(1)
+            assert selector.active == 1 and counters.failovers == 1
+            await b.ready.wait()
+            await a.batch([b"a3", b"a4"])  # delivering again: taken back, forwarded
+            assert selector.active == 0 and counters.failbacks == 1
+            assert _queued(receive) == [b"a3", b"a4"]
+
+            a.fail()
+            a.fail()
+            await trio.sleep(1)
+            assert selector.active == 1 and counters.failovers == 2
+            selection = selector.selection
+            assert selection is not None and selection.held_until[0] > trio.current_time()
+            await a.batch([b"x0", b"x1", b"x2", b"x3"])  # held down: not taken back
+            assert selector.active == 1
+            assert counters.standby_dropped == 4
+            assert _queued(receive) == []
+            await b.batch([b"b0", b"b1"])
+            assert _queued(receive) == [b"b0", b"b1"]
+            nursery.cancel_scope.cancel()
+    assert counters.standby_dropped == 4
+    assert counters.ingest_waits == 0
+
+
+async def test_a_batch_the_channel_has_room_for_is_queued_whole_before_the_room_wakes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A batch that fits goes in without a checkpoint between records: the normalizer,
+    waiting on the channel, wakes once and finds the rest of the batch already queued."""
+    source = _Scripted("a:0")
+    counters = RoomCounters()
+    selector = SourceSelector(
+        "r",
+        [source],
+        policy=Policy(stall_s=20, failover_after=2),
+        watch=[False],
+        live=lambda: "live",
+        counters=counters,
+    )
+    send, receive = trio.open_memory_channel[RawRecord](100)
+    woke_with: list[tuple[bytes | str, int]] = []
+
+    async def reader() -> None:
+        first = await receive.receive()
+        woke_with.append((first.payload, receive.statistics().current_buffer_used))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(selector.run, send)
+            await source.ready.wait()
+            nursery.start_soon(reader)
+            await trio.sleep(0.01)  # the reader waits on the empty channel
+            await source.batch([f"r{i}".encode() for i in range(6)])
+            await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert woke_with == [(b"r0", 5)]
+    assert _queued(receive) == [f"r{i}".encode() for i in range(1, 6)]
+    assert counters.ingest_waits == 0 and counters.ingest_peak == 5
+    assert source.statistics().records == 6
+
+
+async def test_a_batch_into_a_full_ingest_channel_blocks_counts_the_wait_and_delivers_all(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """send_batch into a channel of 2 with nobody reading: it blocks after 2 (the
+    source's push_all does not return), the wait is counted; reading lets all 5
+    through, in order."""
+    source = _Scripted("a:0")
+    counters = RoomCounters()
+    selector = SourceSelector(
+        "r",
+        [source],
+        policy=Policy(stall_s=20, failover_after=2),
+        watch=[False],
+        live=lambda: "live",
+        counters=counters,
+    )
+    send, receive = trio.open_memory_channel[RawRecord](2)
+    pushed = trio.Event()
+
+    async def push() -> None:
+        await source.batch([f"r{i}".encode() for i in range(5)])
+        pushed.set()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(selector.run, send)
+            await source.ready.wait()
+            nursery.start_soon(push)
+            await trio.sleep(3)
+            assert not pushed.is_set(), "blocked on the full channel"
+            assert receive.statistics().current_buffer_used == 2
+            assert counters.ingest_waits == 1
+            got = [await receive.receive() for _ in range(5)]
+            await pushed.wait()
+            nursery.cancel_scope.cancel()
+    assert [r.payload for r in got] == [f"r{i}".encode() for i in range(5)]
+    assert counters.ingest_wait_s == pytest.approx(3.0, abs=0.01)
+    assert counters.ingest_waits >= 1  # later records may wait too: scheduling
+    assert source.statistics().records == 5
+
+
+ONE_WS_SMALL_QUEUE = """
+[[rooms]]
+id = "carol"
+ingest_queue = 4
+chat_history = 1000
+
+[[rooms.sources]]
+kind = "websocket"
+url = "ws://127.0.0.1:{port}/feed"
+"""
+
+
+async def test_a_burst_through_a_small_ingest_queue_reaches_the_actor_whole_and_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """300 chat messages at once into a room whose raw channel and inbox hold 4: the
+    normalizer fills the inbox and waits on it, and still every message reaches the
+    actor once, in the feed's order."""
+    up = Upstream(replay=0)
+    inbox_was_full = False
+
+    async def watch_inbox(room_inbox: trio.MemorySendChannel[InboxItem]) -> None:
+        nonlocal inbox_was_full
+        while True:
+            stats = room_inbox.statistics()
+            if stats.current_buffer_used == stats.max_buffer_size and stats.tasks_waiting_send:
+                inbox_was_full = True
+                return
+            await trio.sleep(0.0005)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await up.serve(nursery)
+            room = room_from_toml(ONE_WS_SMALL_QUEUE.format(port=port))
+            await nursery.start(room.run)
+            await wait_for(lambda: room.sources[0].statistics().state == "connected", every=0.01)
+            assert room.inbox is not None
+            nursery.start_soon(watch_inbox, room.inbox)
+            for n in range(300):
+                up.chat(n)
+            await wait_for(lambda: room.state.totals.comments >= 300 and room.actor_idle())
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+    assert inbox_was_full, "the inbox never filled: the test did not exercise the wait"
+    assert [c.msg_id for c in room.state.chat] == [f"m{i}" for i in range(1, 301)]
+    assert [c.comment for c in room.state.chat] == [f"hello {n}" for n in range(300)]
+    assert room.state.totals.comments == 300
+    assert room.counters.records == 300
+    assert room.counters.events == 300
+    assert room.counters.duplicates == 0
+    assert room.counters.ingest_waits > 0  # the raw channel was full too

@@ -6,7 +6,7 @@ import itertools
 import math
 import random
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import pytest
@@ -17,7 +17,7 @@ from trio_websocket import WebSocketRequest, WebSocketServer, serve_websocket
 from meksd.config import WebsocketSourceConfig
 from meksd.model.raw import RawRecord
 from meksd.runtime.sources import WebsocketSource, make_source
-from meksd.runtime.sources.base import full_jitter_delay
+from meksd.runtime.sources.base import BatchSink, Pacing, SourceMeter, full_jitter_delay
 
 Handler = Callable[[WebSocketRequest], Awaitable[None]]
 
@@ -227,3 +227,95 @@ async def test_closed_channel_propagates(autojump_clock: trio.testing.MockClock)
             with pytest.raises(trio.BrokenResourceError):
                 await source.run(send)
             nursery.cancel_scope.cancel()
+
+
+class BatchRecorder:
+    """A room side that takes batches (a BatchSink) and remembers each call's records."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[RawRecord]] = []
+
+    async def send(self, value: RawRecord, /) -> None:
+        self.calls.append([value])
+        await trio.lowlevel.checkpoint()
+
+    async def send_batch(self, values: Sequence[RawRecord], /) -> None:
+        self.calls.append(list(values))
+        await trio.lowlevel.checkpoint()
+
+
+async def test_reads_wait_for_read_after_and_what_waited_is_read_in_one_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With Pacing.read_after at 1.0, messages sent at 0.1..0.5 are not pushed before
+    1.0, then come in one send_batch, in order, stamped 1.0. Once the hold is past,
+    messages are read as they come. read_after is asked again before every read: moved
+    to 5.0, it holds what follows the read already waiting."""
+    hold_until = 1.0
+    sends = {"a": [0.1, 0.2, 0.3, 0.4, 0.5], "b": [2.0, 2.1], "c": [3.0], "d": [3.5, 4.0]}
+    timeline = sorted((t, f"{group}{i}") for group, ts in sends.items() for i, t in enumerate(ts))
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        for at, payload in timeline:
+            await trio.sleep_until(at)
+            await ws.send_message(payload)
+        await trio.sleep_forever()
+
+    sink = BatchRecorder()
+    assert isinstance(sink, BatchSink)
+    pacing = Pacing(read_after=lambda: hold_until)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, handler)
+            source = WebsocketSource(ws_config(port), pacing=pacing)
+            nursery.start_soon(source.run, sink)
+            await trio.sleep_until(0.9)
+            assert source.statistics().state == "connected"
+            assert sink.calls == [] and source.statistics().records == 0, "held until 1.0"
+            await trio.sleep_until(2.5)
+            hold_until = 5.0  # the source is waiting on its socket by now
+            await trio.sleep_until(6.0)
+            stats = source.statistics()
+            nursery.cancel_scope.cancel()
+    calls = [
+        ([r.payload for r in call], {round(r.received_at, 6) for r in call}) for call in sink.calls
+    ]
+    assert calls == [
+        (["a0", "a1", "a2", "a3", "a4"], {1.0}),
+        (["b0"], {2.0}),
+        (["b1"], {2.1}),
+        (["c0"], {3.0}),
+        (["d0", "d1"], {5.0}),
+    ]
+    first = sink.calls[0]
+    assert all(r.received_at >= 1.0 for r in first)
+    assert len({r.wall_ms for r in first}) == 1
+    assert all(r.source == "websocket" for call in sink.calls for r in call)
+    assert stats.records == 10
+    assert stats.last_record_at == pytest.approx(5.0)
+
+
+async def test_push_all_into_a_plain_channel_sends_one_by_one_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A trio channel is no BatchSink: push_all sends each record in order, waiting for
+    each (an unbuffered channel here), and counts each as the channel takes it; the
+    records carry the one time they were read together."""
+    meter = SourceMeter("websocket:2")
+    meter.fail("earlier")
+    send, receive = trio.open_memory_channel[RawRecord](0)
+    assert not isinstance(send, BatchSink)
+    payloads: list[bytes | str] = ["a", b"b", "c", b"d", "e"]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(meter.push_all, send, payloads)
+            taken = [await receive.receive() for _ in range(2)]
+            await trio.sleep(1)
+            assert meter.records == 2, "counted as taken, not before"
+            taken += [await receive.receive() for _ in range(3)]
+    assert [r.payload for r in taken] == payloads
+    assert {r.received_at for r in taken} == {0.0}
+    assert {r.source for r in taken} == {"websocket:2"}
+    assert meter.records == 5
+    assert (meter.last_record_at, meter.failures_in_a_row, meter.failures) == (0.0, 0, 1)

@@ -88,31 +88,33 @@ class FeedConnection:
         body = bytearray()
         while True:
             try:
-                events = list(self._ws.events())
+                # Lazily: messages that came in the same read as the 101 must stay in
+                # wsproto's buffer for the first receive_messages(), so stop at the
+                # AcceptConnection rather than draining the generator.
+                for event in self._ws.events():
+                    if isinstance(event, AcceptConnection):
+                        return
+                    if isinstance(event, RejectConnection):
+                        status = event.status_code
+                        if not event.has_body:
+                            raise FeedRejected(status, b"")
+                    elif isinstance(event, RejectData):
+                        body += event.data[: MAX_REJECT_BODY - len(body)]
+                        if status is not None and (
+                            event.body_finished or len(body) >= MAX_REJECT_BODY
+                        ):
+                            raise FeedRejected(status, bytes(body))
             except RemoteProtocolError as exc:
                 raise FeedHandshakeError(f"bad handshake response: {exc}") from None
-            for event in events:
-                if isinstance(event, AcceptConnection):
-                    # Messages that came in the same read as the 101 stay in wsproto's
-                    # buffer: the first receive_messages() returns them.
-                    return
-                if isinstance(event, RejectConnection):
-                    status = event.status_code
-                    if not event.has_body:
-                        raise FeedRejected(status, b"")
-                elif isinstance(event, RejectData):
-                    if len(body) < MAX_REJECT_BODY:
-                        body += event.data[: MAX_REJECT_BODY - len(body)]
-                    if event.body_finished and status is not None:
-                        raise FeedRejected(status, bytes(body))
             data = await self._stream.receive_some(RECEIVE_BYTES)
             if not data:
                 if status is not None:
                     raise FeedRejected(status, bytes(body))
                 raise FeedHandshakeError("connection closed during the handshake")
-            received += len(data)
-            if received > MAX_HANDSHAKE_BYTES:
-                raise FeedHandshakeError("handshake response too large")
+            if status is None:  # a rejection's body is bounded by MAX_REJECT_BODY
+                received += len(data)
+                if received > MAX_HANDSHAKE_BYTES:
+                    raise FeedHandshakeError("handshake response too large")
             try:
                 self._ws.receive_data(bytes(data))
             except RemoteProtocolError as exc:
