@@ -438,10 +438,15 @@ async def amain(args: argparse.Namespace) -> None:
     for r, room in enumerate(rooms):
         for _ in range(args.per_room):
             conns.append(Dashboard(len(conns), r, room, args))
-    # Verified connections: spread over the rooms (the first ones of each room).
-    per_room_verify = max(1, args.verify // len(rooms)) if args.verify else 0
+    # Verified connections: spread over the rooms, and within a room evenly over the
+    # connection order. A server that writes to its clients in connection order (the
+    # Node peers: `ws` keeps them in a Set) would otherwise have its percentiles taken
+    # from the clients it serves first.
+    per_room_verify = min(args.per_room, max(1, args.verify // len(rooms))) if args.verify else 0
+    step = max(1, args.per_room // per_room_verify) if per_room_verify else 0
     for c in conns:
-        if c.idx % args.per_room < per_room_verify:
+        i = c.idx % args.per_room
+        if per_room_verify and i % step == 0 and i // step < per_room_verify:
             c.verified = True
     if args.series:
         for c in [c for c in conns if c.verified][: args.series_conns]:
