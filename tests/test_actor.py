@@ -14,7 +14,7 @@ from meksd.core.reduce import new_room, reduce
 from meksd.core.wire import apply_delta, delta_message, snapshot_message
 from meksd.model.events import ChatMessage, Event, GiftSent, User
 from meksd.model.state import RoomConfig, RoomState
-from meksd.runtime.actor import InboxItem, Owned, Probe, RoomActor
+from meksd.runtime.actor import READ_HOLD_MAX_TICK_S, InboxItem, Owned, Probe, RoomActor
 from meksd.runtime.hub import RoomFeed
 from meksd.runtime.stats import RoomCounters
 
@@ -231,6 +231,33 @@ async def test_read_after_is_the_next_tick_minus_the_lead_while_a_delta_waits(
         assert actor.read_after() == -math.inf
         nursery.cancel_scope.cancel()
     assert feed.state == reduce(initial, events)[0]
+
+
+async def test_a_room_with_a_long_tick_does_not_hold_reads(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With a tick over READ_HOLD_MAX_TICK_S the delta still waits for its tick, but the
+    sources are told to read at once: the feed's bytes do not sit in the kernel for
+    most of a long tick."""
+    initial = start_state()
+    feed = RoomFeed(initial, 0, ring_size=100)
+    send, receive = trio.open_memory_channel[InboxItem](100)
+    tick_s = READ_HOLD_MAX_TICK_S * 2
+    actor = RoomActor(Owned(initial), feed, receive, tick_s=tick_s, counters=RoomCounters())
+    events = make_events(2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor.run)
+        await send.send(events[0])
+        await trio.sleep(0.0001)
+        assert feed.seq == 1, "leading edge"
+        await send.send(events[1])
+        await trio.sleep(0.0001)
+        assert feed.seq == 1, "the second event waits for the tick"
+        assert not actor.owned.pending.empty
+        assert actor.read_after() == -math.inf
+        await trio.sleep(tick_s)
+        assert feed.seq == 2
+        nursery.cancel_scope.cancel()
 
 
 async def test_open_streak_expires_and_is_published(autojump_clock: trio.testing.MockClock) -> None:

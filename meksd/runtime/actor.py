@@ -46,6 +46,10 @@ READ_LEAD_S = 0.004
 """How long before a busy room's tick its push sources read again (see
 :meth:`RoomActor.read_after`): enough to read, normalize and queue a tick's worth of
 messages before the publish takes them."""
+READ_HOLD_MAX_TICK_S = 0.1
+"""Reads are held only while the tick is at most this long: a room configured with a
+long tick reads as events come, so a fast feed never waits on the kernel's socket
+buffer for long (its events wait in the bounded inbox instead)."""
 
 
 @attrs.frozen
@@ -154,9 +158,10 @@ class RoomActor:
         While a delta waits for its tick, what they would read now would only wait in
         the inbox: they read it shortly before the tick instead, all at once, so a room
         at 500 events/s wakes the process about twice per tick, not once per event.
-        ``-inf`` (read now) while nothing waits.
+        ``-inf`` (read now) while nothing waits, or when the tick is longer than
+        ``READ_HOLD_MAX_TICK_S``.
         """
-        if self.owned.pending.empty:
+        if self.owned.pending.empty or self.tick_s > READ_HOLD_MAX_TICK_S:
             return -math.inf
         return self._next_publish - min(READ_LEAD_S, self.tick_s / 2)
 
