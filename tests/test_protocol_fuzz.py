@@ -128,8 +128,8 @@ BROKEN: frozenset[int | None] = frozenset({1002, 1007, None})
 HELLO_TOKEN: frozenset[int | None] = frozenset({1008})
 """A ``hello`` with a (wrong) token: closed with 1008 when tokens are configured."""
 """A frame that breaks RFC 6455 (invalid UTF-8 in text, reserved opcode, bad
-fragmentation): trio-websocket 0.12 ends the connection, without sending the 1002 or
-1007 close frame it decided on (docs/security.md)."""
+fragmentation): the connection ends with wsproto's 1002 or 1007 close frame, or the
+TCP close when it comes first (docs/security.md)."""
 
 
 def dumps(doc: Any) -> bytes:
