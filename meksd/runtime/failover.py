@@ -311,26 +311,4 @@ class SourceSelector:
             counters.ingest_peak = depth
 
     async def _forward(self, index: int, record: RawRecord) -> None:
-        assert self._selection is not None and self._raw is not None
-        self._decide(on_record(self._selection, index, trio.current_time(), self.policy))
-        counters = self.counters
-        if self._selection.active != index:
-            counters.standby_dropped += 1
-            await trio.lowlevel.checkpoint()
-            return
-        raw = self._raw
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            raw.send_nowait(record)
-        except trio.WouldBlock:
-            counters.ingest_waits += 1
-            blocked_at = trio.current_time()
-            try:
-                await raw.send(record)
-            finally:
-                counters.ingest_wait_s += trio.current_time() - blocked_at
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        depth = raw.statistics().current_buffer_used
-        if depth > counters.ingest_peak:
-            counters.ingest_peak = depth
+        await self._forward_batch(index, (record,))

@@ -192,17 +192,8 @@ class WsConnection:
         """
         if self.out or self.dead or self.close_code is not None:
             return False
-        try:
-            n = self.sock.send(frame)
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:
-            self.kill(f"send failed: {exc.strerror or exc}")
-            return False
-        self.bytes_sent += n
-        if n != len(frame):
-            self._queue(memoryview(frame)[n:])
-        return True
+        self._send_now(frame)
+        return not self.dead
 
     def send_text_nowait(self, payload: bytes) -> None:
         self.send_frame_nowait(text_frame(payload))
@@ -225,20 +216,23 @@ class WsConnection:
     def _write(self, data: bytes) -> None:
         if self.dead or not data:
             return
-        if not self.out:
-            try:
-                n = self.sock.send(data)
-            except BlockingIOError:
-                n = 0
-            except OSError as exc:
-                self.kill(f"send failed: {exc.strerror or exc}")
-                return
-            self.bytes_sent += n
-            if n == len(data):
-                return
-            self._queue(memoryview(data)[n:])
-        else:
+        if self.out:
             self._queue(data)
+        else:
+            self._send_now(data)
+
+    def _send_now(self, data: bytes) -> None:
+        """Write what the socket takes of ``data`` now (``out`` is empty), queue the rest."""
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self.kill(f"send failed: {exc.strerror or exc}")
+            return
+        self.bytes_sent += n
+        if n != len(data):
+            self._queue(memoryview(data)[n:])
 
     def _queue(self, data: bytes | memoryview) -> None:
         """Keep ``data`` for the writer task (the socket took what came before it)."""
