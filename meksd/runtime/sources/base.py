@@ -186,17 +186,13 @@ class SourceMeter:
     last_error: str | None = None
     failures_in_a_row: int = 0
 
-    def stamp(self, payload: bytes | str) -> RawRecord:
-        """Wrap ``payload`` as read now (and note the time as ``last_record_at``)."""
+    def stamp(self, payloads: Sequence[bytes | str]) -> list[RawRecord]:
+        """Wrap ``payloads``, read together now (and note the time as ``last_record_at``)."""
         now = trio.current_time()
+        wall_ms = int(time.time() * 1000)
         self.last_record_at = now
         self.failures_in_a_row = 0
-        return RawRecord(
-            payload=payload,
-            received_at=now,
-            wall_ms=int(time.time() * 1000),
-            source=self.name,
-        )
+        return [RawRecord(p, now, wall_ms, self.name) for p in payloads]
 
     async def push(self, send: RecordSink, payload: bytes | str) -> None:
         """Stamp ``payload``, wait until the room's channel takes it, then count it.
@@ -204,8 +200,7 @@ class SourceMeter:
         Waiting here is the backpressure. Channel errors (the room closed its end)
         propagate.
         """
-        await send.send(self.stamp(payload))
-        self.records += 1
+        await self.push_all(send, (payload,))
 
     async def push_all(self, send: RecordSink, payloads: Sequence[bytes | str]) -> None:
         """Stamp ``payloads`` (read together: one time) and hand them over in order.
@@ -213,11 +208,7 @@ class SourceMeter:
         With a :class:`BatchSink` the batch goes in one call (one checkpoint, so the
         room's normalizer wakes once for all of it); otherwise one ``send`` each.
         """
-        now = trio.current_time()
-        wall_ms = int(time.time() * 1000)
-        self.last_record_at = now
-        self.failures_in_a_row = 0
-        records = [RawRecord(p, now, wall_ms, self.name) for p in payloads]
+        records = self.stamp(payloads)
         if isinstance(send, BatchSink):
             await send.send_batch(records)
             self.records += len(records)

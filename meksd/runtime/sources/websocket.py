@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import ssl
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import attrs
@@ -151,7 +152,7 @@ class WebsocketSource:
             with trio.fail_at(deadline):
                 stream = await self._open_stream()
             async with stream:
-                return await self._session(stream, send, deadline)
+                await self._session(stream, send, deadline)
         except _RoomGone:
             raise
         except Exception as exc:
@@ -166,7 +167,7 @@ class WebsocketSource:
             target.host, target.port, ssl_context=context, https_compatible=True
         )
 
-    async def _session(self, stream: _Stream, send: RecordSink, deadline: float) -> str:
+    async def _session(self, stream: _Stream, send: RecordSink, deadline: float) -> NoReturn:
         cfg = self._config
         conn = FeedConnection(stream, max_message_bytes=cfg.max_message_bytes)
         with trio.fail_at(deadline):
@@ -174,16 +175,13 @@ class WebsocketSource:
         self._meter.connects += 1
         self._meter.state = "connected"
         self._log.bind(event="source_connected").info("connected to {url}", url=cfg.url)
-        try:
-            while True:
-                await self._pacing.before_read()
-                messages = await conn.receive_messages()
-                try:
-                    await self._meter.push_all(send, messages)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise _RoomGone(exc) from exc
-        except FeedClosed as exc:
-            return exc.describe()
+        while True:  # ends with FeedClosed (or a stream error): _describe says why
+            await self._pacing.before_read()
+            messages = await conn.receive_messages()
+            try:
+                await self._meter.push_all(send, messages)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _RoomGone(exc) from exc
 
     def _describe(self, exc: BaseException) -> str:
         cfg = self._config
