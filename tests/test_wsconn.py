@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -132,6 +133,33 @@ async def test_a_peer_that_stops_reading_is_killed_after_send_timeout(
         assert server.dead and "3" in (server.death or "")
         assert not server.out
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_reads_slowly_but_steadily_is_not_killed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The send timeout is time without progress, not the length of a drain: a client
+    that takes a little every second drains a buffer that needs far longer than
+    send_timeout_s, and stays connected."""
+    server, client = await connected(send_timeout_s=3)
+    client.sock.setblocking(False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run_writer)
+        for _ in range(50):
+            server.send_frame_nowait(text_frame(b"z" * 200_000))
+        assert server.congested
+        received = 0
+        for _ in range(60):  # a second per read: ~10 s of draining, over 3 s
+            await trio.sleep(1)
+            with contextlib.suppress(BlockingIOError):
+                received += len(client.sock.recv(1 << 20))
+            if not server.congested:
+                break
+        assert not server.dead, server.death
+        assert not server.congested, "the whole buffer drained"
+        assert received > 0
+        nursery.cancel_scope.cancel()
+    server.kill("test over")
 
 
 async def test_fragments_pings_and_size_limit() -> None:

@@ -302,6 +302,9 @@ class SourceSelector:
                 blocked_at = trio.current_time()
                 try:
                     await raw.send(record)
+                    # A cancel (failback, stall restart) that came while we waited must
+                    # stop the rest of the batch here, not after it reached the room.
+                    await trio.lowlevel.checkpoint_if_cancelled()
                 finally:
                     counters.ingest_wait_s += trio.current_time() - blocked_at
         if not waited:

@@ -206,11 +206,12 @@ class RoomFeed:
         self._live_msgpack.discard(sub)
 
     def publish(self, seq: int, body: bytes, state: RoomState, received_at: float) -> None:
-        """Append the encoded delta ``seq`` and wake every waiting writer.
+        """Append the encoded delta ``seq`` and write its frame to every live subscriber.
 
         ``state`` is the room state after the delta; ``received_at`` is when the
-        oldest event in it was received (for the end-to-end latency metric).
-        O(1) in the number of readers.
+        oldest event in it was received (for the end-to-end latency metric). One
+        non-blocking send per live subscriber; nothing waits for a reader, and one
+        that cannot take the frame leaves the live set to catch up on its own.
         """
         if seq != self._seq + 1 or state.epoch != self._epoch:
             raise ValueError(f"publish out of order: {seq} after {self._seq}")

@@ -247,22 +247,23 @@ class WsConnection:
     async def run_writer(self) -> None:
         """Drain ``out`` whenever it fills; kill the connection if a drain stalls.
 
-        A drain that cannot finish within ``send_timeout_s`` means the peer stopped
-        reading: the connection is killed and reset, so its buffers are freed.
+        A socket that takes no byte for ``send_timeout_s`` means the peer stopped
+        reading: the connection is killed and reset, so its buffers are freed. A peer
+        that reads slowly but steadily is not: every byte taken restarts the clock.
         """
         while not self.dead:
             await self._writer_wake.wait()
             self._writer_wake = trio.Event()
             try:
-                with trio.fail_after(self.send_timeout_s):
-                    await self._drain()
+                await self._drain()
             except trio.TooSlowError:
                 self.kill(f"peer took no data for {self.send_timeout_s:g}s", reset=True)
 
     async def _drain(self) -> None:
         try:
             while self.out and not self.dead:
-                await trio.lowlevel.wait_writable(self.sock)
+                with trio.fail_after(self.send_timeout_s):
+                    await trio.lowlevel.wait_writable(self.sock)
                 try:
                     n = self.sock.send(self.out)
                 except BlockingIOError:
@@ -380,7 +381,8 @@ class WsConnection:
         """Close gracefully: queue a close frame, drain, wait briefly for the peer's reply."""
         with trio.move_on_after(timeout):
             self.close_nowait(code, reason)
-            await self._drain()
+            with contextlib.suppress(trio.TooSlowError):  # the kill below resets nothing
+                await self._drain()
             if not self.dead:
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_WR)
