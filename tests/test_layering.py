@@ -11,7 +11,9 @@ import pytest
 import meksd
 
 PACKAGE = Path(meksd.__file__).parent
-ALLOWED_THIRD_PARTY = {"attrs", "cattrs", "immutables"}
+ALLOWED_THIRD_PARTY = {"attrs", "cattrs", "immutables", "orjson"}
+"""orjson: a pure codec (no I/O, no clock), there for speed; core keeps the stdlib's
+reading and writing as the fallback for what orjson refuses (docs/architecture.md)."""
 ALLOWED_OWN = ("meksd.model", "meksd.core")
 FORBIDDEN_STDLIB = {"logging", "time", "asyncio", "threading", "socket", "subprocess"}
 """Standard modules that mean I/O, logging or a clock: the shell's business."""
@@ -56,15 +58,16 @@ def test_there_are_modules_to_check() -> None:
 
 
 @pytest.mark.parametrize("path", PURE_MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_pure_layers_import_only_stdlib_attrs_cattrs_immutables(path: Path) -> None:
-    """A model/core module imports only pure stdlib, attrs, cattrs, immutables, model, core."""
+def test_pure_layers_import_only_stdlib_and_pure_libraries(path: Path) -> None:
+    """A model/core module imports only pure stdlib, attrs, cattrs, immutables, orjson,
+    model, core."""
     bad = [f"line {line}: {name}" for line, name in imported_modules(path) if not allowed(name)]
     assert not bad, f"{path.relative_to(PACKAGE)} imports outside its layer: {bad}"
 
 
 def test_the_check_catches_forbidden_imports() -> None:
-    """The checker flags trio, orjson, loguru, logging, clocks and the runtime layer."""
-    for name in ("trio", "orjson", "loguru", "meksd.runtime.hub", "httpx", "logging", "time"):
+    """The checker flags trio, loguru, logging, clocks and the runtime layer."""
+    for name in ("trio", "msgpack", "loguru", "meksd.runtime.hub", "httpx", "logging", "time"):
         assert not allowed(name)
     for name in ("json", "collections.abc", "attrs", "immutables", "meksd.model.state"):
         assert allowed(name)

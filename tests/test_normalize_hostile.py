@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meksd.core import normalize as normalize_mod
 from meksd.core.normalize import MAX_DEPTH, REASONS, normalize
 from meksd.model.events import Event, Rejected, Unknown
 from tests.strategies import PROPERTY, encode, hostile_envelopes, json_values, raw, valid_envelopes
@@ -134,3 +135,41 @@ def test_huge_and_odd_numbers_are_values_not_crashes(field: str, literal: str) -
 def test_any_json_with_any_depth_limit_never_raises(doc: Any, limit: int) -> None:
     """Any JSON document with any depth limit gives events, Unknown or documented rejections."""
     check(normalize(raw(encode(doc)), max_depth=limit))
+
+
+_EDGE_NUMBERS = st.sampled_from(
+    [
+        "18446744073709551615",  # u64 max: orjson keeps it an int
+        "18446744073709551616",  # one more: orjson would give a float
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "1" * 41,  # more than _MAX_INT_DIGITS: the stdlib path's _HugeInt
+        "1e400",
+        "-0",
+        "NaN",
+        "Infinity",
+        '"\\ud800"',  # a lone surrogate, escaped
+        '"\\udc00\\ud800x"',
+    ]
+)
+
+
+@PROPERTY
+@given(
+    json_values,
+    st.lists(_EDGE_NUMBERS, max_size=3),
+    st.booleans(),
+)
+def test_the_fast_json_path_reads_exactly_what_the_stdlib_reads(
+    value: Any, edges: list[str], ascii_only: bool
+) -> None:
+    """orjson reads a payload only when it gives the very document the stdlib (with the
+    normalizer's int limit) gives: big integers, NaN, lone surrogates and every error
+    take the stdlib's path, so the events are the same either way."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    if edges:
+        text = "[" + ",".join([text, *edges]) + "]"
+    fast = normalize_mod._loads(text)
+    slow = normalize_mod._slow_loads(text)
+    assert repr(fast) == repr(slow)  # repr: NaN != NaN, and 1 == 1.0 == True
+    assert type(fast) is type(slow)

@@ -87,11 +87,38 @@ def test_the_document_is_versioned_json() -> None:
 
 
 def test_lone_surrogates_from_a_feed_survive() -> None:
-    """Text a feed sent that is not valid UTF-8 (a lone surrogate) is kept, as ASCII."""
+    """Text a feed sent that is not valid UTF-8 (a lone surrogate) is kept, escaped."""
     state = new_room("r", "e\ud800", CONFIG)
     data = state_to_bytes(state, 1)
     assert data.isascii()
     assert state_from_bytes(data)[0].epoch == "e\ud800"
+
+
+@pytest.mark.parametrize("chunk", [1, 256])
+def test_text_in_any_script_and_lone_surrogates_mix(chunk: int) -> None:
+    """Non-ASCII text is written as UTF-8 (orjson) and a chunk holding a lone
+    surrogate with ``\\u`` escapes (the stdlib's fallback), in the same document:
+    both the whole document and the store's parts read back the same state."""
+    state = new_room("r", "e", CONFIG)
+    state, _ = reduce(
+        state,
+        [
+            ChatMessage("m1", User("u1", "Zoë"), "héllo 🎁 你好", 0.0, 0),
+            ChatMessage("m2", User("u2"), "broken \ud800 text", 0.0, 0),
+            ChatMessage("m3", User("u3"), "plain", 0.0, 0),
+        ],
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(persist, "CHUNK", chunk)
+        data = state_to_bytes(state, 4)
+        parts = persist.state_to_parts(state, 4)
+    # one item per chunk: only the item with the surrogate is escaped
+    assert ("héllo 🎁 你好".encode() in data) == (chunk == 1)
+    assert b"\\ud800" in data
+    assert state_from_bytes(data) == (state, 4)
+    disk = Disk()
+    disk.apply(parts)
+    assert disk.read() == (state, 4)
 
 
 @pytest.mark.parametrize(

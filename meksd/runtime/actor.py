@@ -138,12 +138,16 @@ class RoomActor:
                 # per tick instead of one per event.
                 await trio.sleep_until(self._deadline())
             else:
-                with trio.move_on_at(self._deadline()):
-                    try:
+                deadline = self._deadline()
+                try:
+                    if deadline == math.inf:  # nothing timed: no cancel scope to enter
                         batch.append(await self.inbox.receive())
-                    except trio.EndOfChannel:
-                        self.step([], trio.current_time(), final=True)
-                        return
+                    else:
+                        with trio.move_on_at(deadline):
+                            batch.append(await self.inbox.receive())
+                except trio.EndOfChannel:
+                    self.step([], trio.current_time(), final=True)
+                    return
             # No checkpoint from here to the end of the iteration.
             self._drain_into(batch)
             self.step(batch, trio.current_time())
