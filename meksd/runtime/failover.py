@@ -20,7 +20,8 @@ Forwarding is ``send_nowait`` first and a blocking ``send`` only when the channe
 full: that wait is the backpressure on the feed (a source blocked here stops
 reading), and its duration is counted (``RoomCounters.ingest_wait_s``). Either way
 an outlet's ``send`` has the semantics of ``trio.MemorySendChannel.send``: if it is
-cancelled, the record was not sent.
+cancelled, the record was not sent (with the room's :class:`~meksd.runtime.room.Ingest`,
+whatever of its events had not gone into the inbox yet).
 
 A cancelled source task is waited for before the same source runs again, so one
 source object never runs twice at once. A source whose ``run`` raises (a bug) is
@@ -31,6 +32,7 @@ affected.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import attrs
 import trio
@@ -54,12 +56,23 @@ from meksd.model.state import LiveStatus
 from meksd.runtime.sources.base import Source
 from meksd.runtime.stats import RoomCounters
 
-__all__ = ["CHECK_S", "CRASH_BACKOFF_S", "SourceSelector"]
+__all__ = ["CHECK_S", "CRASH_BACKOFF_S", "RecordChannel", "SourceSelector"]
 
 CHECK_S = 0.25
 """The monitor looks at the sources' failure counts at least this often."""
 CRASH_BACKOFF_S = (0.5, 2.0, 5.0, 15.0)
 """Delays before restarting a source whose ``run`` raised, by consecutive crashes."""
+
+
+class RecordChannel(Protocol):
+    """Where the selector forwards the active source's records: the part of a
+    ``trio.MemorySendChannel[RawRecord]`` it uses (the room's ``Ingest``)."""
+
+    def send_nowait(self, value: RawRecord, /) -> None: ...
+
+    async def send(self, value: RawRecord, /) -> None: ...
+
+    def statistics(self) -> trio.MemoryChannelStatistics: ...
 
 
 @attrs.define
@@ -113,7 +126,7 @@ class SourceSelector:
         self._live = live
         self._log = logger.bind(room=room_id)
         self._selection: Selection | None = None
-        self._raw: trio.MemorySendChannel[RawRecord] | None = None
+        self._raw: RecordChannel | None = None
         self._nursery: trio.Nursery | None = None
         self._tasks: dict[int, _Task] = {}
         self._last: dict[int, _Task] = {}
@@ -140,7 +153,7 @@ class SourceSelector:
 
     async def run(
         self,
-        send: trio.MemorySendChannel[RawRecord],
+        send: RecordChannel,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:

@@ -1,14 +1,16 @@
-"""A room's supervisor: source → normalizer → actor, each restarted on its own.
+"""A room's supervisor: sources → (normalize) → actor, each restarted on its own.
 
 ::
 
-    sources ──raw channel (ingest_queue)──▶ normalizer ──inbox──▶ actor ──▶ RoomFeed
+    sources ──normalize, in the source's task──▶ inbox (ingest_queue) ──▶ actor ──▶ RoomFeed
 
 The sources run under a :class:`~meksd.runtime.failover.SourceSelector`: the active
 one feeds the room, preferred ones are retried in the background, a stalled or
-failing one fails over to the next (``docs/sources.md``). The raw channel is
-bounded: when it is full a source's ``send`` blocks, which is backpressure on the
-feed rather than growing memory. A source or actor that fails
+failing one fails over to the next (``docs/sources.md``). Its records are normalized
+synchronously where they are handed over (:class:`Ingest`), so an event costs the
+process one task switch to the actor, not two. The inbox is bounded: when it is full
+a source's ``send`` blocks, which is backpressure on the feed rather than growing
+memory. A source or actor that fails
 is restarted with backoff; the actor restarts from its last good state (the
 :class:`~meksd.runtime.actor.Owned` value, which is only ever swapped whole). A
 failure in one room never reaches another room or the server.
@@ -46,8 +48,6 @@ from meksd.runtime.stats import RoomCounters
 MAX_UNKNOWN_TYPES = 256
 """Distinct unknown event types counted by name per room; the rest count as ``_other``."""
 RESTART_BACKOFF_S = (0.1, 0.5, 2.0, 5.0)
-NORMALIZE_BATCH = 256
-"""Most raw records the normalizer takes in one go; bounds one step's time."""
 
 
 def new_epoch() -> str:
@@ -92,7 +92,6 @@ class Room:
         """The state of the session the last ``session.reset`` ended (in memory only)."""
         self.session_hooks: list[Callable[[RoomState], None]] = []
         """Called with each ended session's state, in the actor's step: must not block."""
-        self._raw_receive: trio.MemoryReceiveChannel[RawRecord] | None = None
         self._replies: trio.MemorySendChannel[Queued] | None = None
         self.reply_hooks: list[Callable[[Reply, ReplySettled], None]] = []
         """Called with each settled reply (the app routes ``reply_result``): must not block."""
@@ -135,16 +134,14 @@ class Room:
         return self.owned.state
 
     def ingest_depth(self) -> int:
-        """Raw records waiting between the sources and the normalizer."""
-        if self._raw_receive is None:
+        """Items (normalized events, commands) waiting in the actor's inbox."""
+        if self._inbox_send is None:
             return 0
-        return self._raw_receive.statistics().current_buffer_used
+        return self._inbox_send.statistics().current_buffer_used
 
     def actor_idle(self) -> bool:
         """Nothing queued for the actor and nothing waiting to be published."""
-        if self._raw_receive is not None and self.ingest_depth():
-            return False
-        if self._inbox_send is not None and self._inbox_send.statistics().current_buffer_used:
+        if self.ingest_depth():
             return False
         return self._actor is None or self._actor.owned.pending.empty
 
@@ -207,19 +204,15 @@ class Room:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the room until cancelled."""
         settings = self.settings
-        raw_send, raw_receive = trio.open_memory_channel[RawRecord](settings.ingest_queue)
         inbox_send, inbox_receive = trio.open_memory_channel[InboxItem](settings.ingest_queue)
-        self._raw_receive = raw_receive
         self._inbox_send = inbox_send
         try:
-            await self._run(raw_send, raw_receive, inbox_send, inbox_receive, task_status)
+            await self._run(inbox_send, inbox_receive, task_status)
         finally:
             self.settle_replies("shutdown")  # synchronous: runs even while cancelled
 
     async def _run(
         self,
-        raw_send: trio.MemorySendChannel[RawRecord],
-        raw_receive: trio.MemoryReceiveChannel[RawRecord],
         inbox_send: trio.MemorySendChannel[InboxItem],
         inbox_receive: trio.MemoryReceiveChannel[InboxItem],
         task_status: trio.TaskStatus[None],
@@ -232,9 +225,9 @@ class Room:
                 sender = ReplySender(self.room_id, settings.send, receive, inbox_send.send)
                 await nursery.start(sender.run)
             await nursery.start(self._supervise, "actor", self._make_actor_runner(inbox_receive))
-            nursery.start_soon(self._normalize, raw_receive, inbox_send)
             if self.sources:
-                nursery.start_soon(self._supervise, "sources", partial(self.selector.run, raw_send))
+                ingest = Ingest(self, inbox_send)
+                nursery.start_soon(self._supervise, "sources", partial(self.selector.run, ingest))
             self._log.info("room started", event="room_started", sources=len(self.sources))
             task_status.started()
 
@@ -289,43 +282,24 @@ class Room:
                 )
                 await trio.sleep(delay)
 
-    async def _normalize(
-        self,
-        raw_receive: trio.MemoryReceiveChannel[RawRecord],
-        inbox: trio.MemorySendChannel[InboxItem],
-    ) -> None:
-        """Untrusted input ends here: raw records in, typed events out, never a raise.
+    def events_of(self, raw: RawRecord) -> list[InboxItem]:
+        """Untrusted input ends here: the events of one raw record, never a raise.
 
-        Takes everything queued at once (up to ``NORMALIZE_BATCH``) and hands the
-        events on without a checkpoint each while the inbox has room: records that a
-        source read together cost one wake-up here, not one each.
+        Counts the record, and what it held that is dropped (rejected or unknown).
         """
         counters = self.counters
-        max_bytes = self.settings.max_record_bytes
-        max_depth = self.settings.max_record_depth
-        while True:
-            try:
-                batch = [await raw_receive.receive()]
-            except trio.EndOfChannel:
-                return
-            depth = raw_receive.statistics().current_buffer_used + 1
-            counters.ingest_peak = max(counters.ingest_peak, depth)
-            while len(batch) < NORMALIZE_BATCH:
-                try:
-                    batch.append(raw_receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            for raw in batch:
-                counters.records += 1
-                counters.last_event_at = raw.received_at
-                for item in normalize(raw, max_bytes=max_bytes, max_depth=max_depth):
-                    if isinstance(item, (Rejected, Unknown)):
-                        self._count_dropped(item, raw)
-                        continue
-                    try:
-                        inbox.send_nowait(item)
-                    except trio.WouldBlock:
-                        await inbox.send(item)
+        counters.records += 1
+        counters.last_event_at = raw.received_at
+        settings = self.settings
+        events: list[InboxItem] = []
+        for item in normalize(
+            raw, max_bytes=settings.max_record_bytes, max_depth=settings.max_record_depth
+        ):
+            if isinstance(item, (Rejected, Unknown)):
+                self._count_dropped(item, raw)
+            else:
+                events.append(item)
+        return events
 
     def _count_dropped(self, item: Rejected | Unknown, raw: RawRecord) -> None:
         counters = self.counters
@@ -345,3 +319,46 @@ class Room:
         known = item.event_type in counters.unknown
         kind = item.event_type if known or len(counters.unknown) < MAX_UNKNOWN_TYPES else "_other"
         counters.unknown[kind] += 1
+
+
+class Ingest:
+    """Where a room's selector hands its records: normalized right here, in the
+    source's task, and put in the actor's inbox.
+
+    It has the part of a ``trio.MemorySendChannel[RawRecord]`` the selector uses.
+    ``send_nowait`` raises ``trio.WouldBlock`` when the inbox fills up; the events of
+    that record it could not put yet are kept, and the ``send`` of the same record
+    that follows puts them, waiting for room: a record is normalized (and its
+    rejections counted) once however it went in. A cancellation during that ``send``
+    drops the rest of the record's events, as it dropped a record waiting in the
+    raw channel before; the relay's replay and the room's dedup cover both.
+    """
+
+    def __init__(self, room: Room, inbox: trio.MemorySendChannel[InboxItem]) -> None:
+        self._room = room
+        self._inbox = inbox
+        self._left: list[InboxItem] = []
+        self._left_of: RawRecord | None = None
+
+    def send_nowait(self, record: RawRecord) -> None:
+        events = self._room.events_of(record)
+        inbox = self._inbox
+        for i, event in enumerate(events):
+            try:
+                inbox.send_nowait(event)
+            except trio.WouldBlock:
+                self._left, self._left_of = events[i:], record
+                raise
+
+    async def send(self, record: RawRecord) -> None:
+        if self._left_of is record:
+            events, self._left, self._left_of = self._left, [], None
+        else:
+            events = self._room.events_of(record)
+        if not events:
+            await trio.lowlevel.checkpoint()
+        for event in events:
+            await self._inbox.send(event)
+
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        return self._inbox.statistics()
