@@ -319,4 +319,3 @@ async def test_reducer_failure_rejects_event_and_keeps_state(
     assert actor.owned.state.totals.diamonds == 20
     assert feed.state.totals.diamonds == 20
     assert math.isfinite(trio.current_time())
-

@@ -10,6 +10,7 @@ test_a_message_in_the_same_read_as_the_101_is_not_lost, which is about exactly t
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -411,6 +412,31 @@ async def test_tcp_eof_is_feed_closed_1006(autojump_clock: trio.testing.MockCloc
     assert got == ["before"]
     assert (closed.code, closed.reason) == (1006, "connection lost")
     assert again.value.code == 1006
+
+
+async def test_a_reset_connection_is_broken_resource_not_os_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The relay resets the TCP connection (RST): the message before it arrives, then
+    trio.BrokenResourceError, as the stream's own ``receive_some`` would raise (the
+    source reports "connection broken", not "cannot connect")."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.stream.send_all(await peer.accept())
+        await peer.stream.send_all(text("before"))
+        await trio.sleep(0.5)
+        peer.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await peer.stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await serve_raw(nursery, handler)
+            async with open_feed(port) as conn:
+                assert await conn.receive_messages() == ["before"]
+                with pytest.raises(trio.BrokenResourceError) as broken:
+                    await conn.receive_messages()
+            nursery.cancel_scope.cancel()
+    assert isinstance(broken.value.__cause__, ConnectionResetError)
 
 
 @pytest.mark.parametrize("fragmented", [False, True], ids=["one-frame", "fragments"])
