@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
@@ -12,7 +13,7 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
-from trio_websocket import WebSocketRequest, WebSocketServer, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer, serve_websocket
 
 from meksd.config import WebsocketSourceConfig
 from meksd.model.raw import RawRecord
@@ -167,7 +168,10 @@ async def test_oversized_message_drops_connection_then_reconnects(
         ws = await request.accept()
         await ws.send_message("small")
         await ws.send_message("x" * 5000)
-        await ws.send_message("after")
+        # The client may have closed with 1009 already (it reads the first two in one
+        # go): that is the behaviour under test, not an error of this relay.
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send_message("after")
         await trio.sleep(1)
         await ws.aclose()
 
