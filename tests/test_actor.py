@@ -202,11 +202,10 @@ async def test_a_busy_room_takes_one_step_per_tick(
 async def test_read_after_holds_reads_until_shortly_before_the_next_publish(
     tick_s: float, lead: float, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """-inf (read now) while the room is idle: before any event, after a leading-edge
-    publish, and once a tick has passed since the last publish. While a delta waits,
-    and for a tick after a trailing-edge publish (a busy room), the next tick minus
-    4 ms (half the tick when that is shorter): what comes meanwhile is published at
-    that tick anyway, so it is read just before it."""
+    """-inf (read now) while the room is idle: before any event, and once a tick has
+    passed since the last publish. Less than a tick after a publish, or while a delta
+    waits, the next tick minus 4 ms (half the tick when that is shorter): what comes
+    meanwhile is published at that tick anyway, so it is read just before it."""
     initial = start_state()
     feed = RoomFeed(initial, 0, ring_size=100)
     send, receive = trio.open_memory_channel[InboxItem](100)
@@ -220,7 +219,9 @@ async def test_read_after_holds_reads_until_shortly_before_the_next_publish(
         await send.send(events[0])
         await trio.sleep(0.0001)
         assert feed.seq == 1, "leading edge: published at once"
-        assert actor.read_after() == -math.inf, "after a leading edge: read at once"
+        assert actor.read_after() == pytest.approx(first_at + tick_s - lead), (
+            "a tick has not passed since the publish: held"
+        )
         await send.send(events[1])
         await trio.sleep(0.0001)
         assert feed.seq == 1, "held for the tick"

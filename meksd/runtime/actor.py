@@ -125,8 +125,6 @@ class RoomActor:
         """``chat.reply`` per operator (``SendReply.operator``); None: unlimited."""
         self._reply_gates: dict[str, MessageGate] = {}
         self._next_publish = -math.inf
-        self._held = False
-        """Whether the last publish had waited for its tick (the room is busy)."""
         self._log = logger.bind(room=owned.state.room_id)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -164,21 +162,18 @@ class RoomActor:
         While a delta waits for its tick, what they would read now would only wait in
         the inbox: they read it shortly before the tick instead, all at once, so a room
         at 500 events/s wakes the process about twice per tick, not once per event.
-        ``-inf`` (read now) while nothing waits, or when the tick is longer than
-        ``READ_HOLD_MAX_TICK_S``. Except in a busy room: for a tick after a publish
-        that had waited for its tick (a trailing edge) the hold applies too, as the
-        next event would wait for the tick anyway. After a leading edge it does not:
-        a room whose events come a tick or more apart would only wake up for nothing.
+        ``-inf`` (read now) while the room is idle (nothing waits and a tick has
+        passed since the last publish), or when the tick is longer than
+        ``READ_HOLD_MAX_TICK_S``. Less than a tick after a publish the hold applies
+        too: the next event would wait for the tick anyway.
         """
         if self.tick_s > READ_HOLD_MAX_TICK_S:
             return -math.inf
-        if self.owned.pending.empty and (
-            not self._held or trio.current_time() >= self._next_publish
-        ):
+        if self.owned.pending.empty and trio.current_time() >= self._next_publish:
             return -math.inf  # idle: the next event is a leading edge, published at once
-        # A delta waits, or a held one went out less than a tick ago (the room is
-        # busy): either way what comes now is published at the next tick, so reading
-        # it now would only cost a wake-up (of the source, then of the actor).
+        # A delta waits, or one went out less than a tick ago: either way what comes
+        # now is published at the next tick, so reading it now would only cost a
+        # wake-up (of the source, then of the actor).
         return self._next_publish - min(READ_LEAD_S, self.tick_s / 2)
 
     def _deadline(self) -> float:
@@ -392,5 +387,4 @@ class RoomActor:
         feed.publish(seq, body, owned.state, owned.pending_since)
         self.owned = Owned(owned.state)
         self.counters.deltas += 1
-        self._held = owned.pending_since < self._next_publish
         self._next_publish = now + self.tick_s
