@@ -162,18 +162,11 @@ class RoomActor:
         While a delta waits for its tick, what they would read now would only wait in
         the inbox: they read it shortly before the tick instead, all at once, so a room
         at 500 events/s wakes the process about twice per tick, not once per event.
-        ``-inf`` (read now) while the room is idle (nothing waits and a tick has
-        passed since the last publish), or when the tick is longer than
-        ``READ_HOLD_MAX_TICK_S``. Less than a tick after a publish the hold applies
-        too: the next event would wait for the tick anyway.
+        ``-inf`` (read now) while nothing waits, or when the tick is longer than
+        ``READ_HOLD_MAX_TICK_S``.
         """
-        if self.tick_s > READ_HOLD_MAX_TICK_S:
+        if self.owned.pending.empty or self.tick_s > READ_HOLD_MAX_TICK_S:
             return -math.inf
-        if self.owned.pending.empty and trio.current_time() >= self._next_publish:
-            return -math.inf  # idle: the next event is a leading edge, published at once
-        # A delta waits, or one went out less than a tick ago: either way what comes
-        # now is published at the next tick, so reading it now would only cost a
-        # wake-up (of the source, then of the actor).
         return self._next_publish - min(READ_LEAD_S, self.tick_s / 2)
 
     def _deadline(self) -> float:
