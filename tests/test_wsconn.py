@@ -20,6 +20,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from meksd.runtime import wsconn
 from meksd.runtime.wsconn import ConnectionGone, WsConnection, text_frame
 
 OPEN: list[socket.socket] = []
@@ -131,6 +132,7 @@ async def test_a_peer_that_stops_reading_is_killed_after_send_timeout(
         assert server.congested
         await trio.sleep(10)
         assert server.dead and "3" in (server.death or "")
+        assert server.death_reason == "send_timeout"
         assert not server.out
         nursery.cancel_scope.cancel()
 
@@ -195,3 +197,26 @@ async def test_graceful_close_handshake() -> None:
             assert isinstance(close, CloseConnection) and close.code == 1001
             client.send(close.response())
         assert server.dead
+
+
+async def test_a_peer_that_lets_more_than_max_out_bytes_wait_is_killed_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past MAX_OUT_BYTES waiting (a client that sends but never reads), the
+    connection is killed on the spot with the reason code ``backlog``, and what
+    waited is freed; below it, frames only queue."""
+    monkeypatch.setattr(wsconn, "MAX_OUT_BYTES", 1_000_000)
+    with trio.fail_after(10):
+        server, _client = await connected(send_timeout_s=60)
+        frame = text_frame(b"q" * 200_000)
+        while not server.congested:  # fill the kernel's buffers first
+            server.send_frame_nowait(frame)
+        for _ in range(4):  # 800 kB more: still under the limit
+            server.send_frame_nowait(frame)
+        assert not server.dead
+        server.send_frame_nowait(frame)
+        server.send_frame_nowait(frame)
+        assert server.dead
+        assert server.death_reason == "backlog"
+        assert "1000000 bytes" in (server.death or "")
+        assert not server.out

@@ -37,6 +37,7 @@ LIMIT_NAMES = (
     "too_many_subscriptions",
     "room_full",
     "send_timeout",
+    "backlog",
 )
 """Limits an open dashboard connection can hit (``meksd_dashboard_limited_total``)."""
 

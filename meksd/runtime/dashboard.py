@@ -252,8 +252,10 @@ class Dashboard:
                     self._limited("message_too_big")
                 elif code in (1002, 1007):  # broken framing, invalid UTF-8 in a text frame
                     self._limited("protocol_error")
-                if self.conn.death and "took no data" in self.conn.death:
-                    self._limited("send_timeout")
+                reason = self.conn.death_reason
+                if reason in ("send_timeout", "backlog"):
+                    self._limited(reason)
+                if reason in ("send_timeout", "backlog", "send_failed"):
                     self.totals.killed += 1
                 return
             self._gate, verdict = pass_message(self._gate, self._rate, trio.current_time())

@@ -108,6 +108,10 @@ class WsConnection:
         self.bytes_sent = 0
         self.dead = False
         self.death: str | None = None
+        self.death_reason: str | None = None
+        """Why it was killed, as a code: ``send_timeout`` (the peer took no data for
+        ``send_timeout_s``), ``backlog`` (more than ``MAX_OUT_BYTES`` waiting),
+        ``send_failed`` (the socket broke), or what the caller of :meth:`kill` said."""
         self.close_code: int | None = None
         self.peer_closed = False
         self._eof = False
@@ -228,7 +232,7 @@ class WsConnection:
         except BlockingIOError:
             n = 0
         except OSError as exc:
-            self.kill(f"send failed: {exc.strerror or exc}")
+            self.kill(f"send failed: {exc.strerror or exc}", reason="send_failed")
             return
         self.bytes_sent += n
         if n != len(data):
@@ -238,7 +242,11 @@ class WsConnection:
         """Keep ``data`` for the writer task (the socket took what came before it)."""
         self.out += data
         if len(self.out) > MAX_OUT_BYTES:
-            self.kill(f"more than {MAX_OUT_BYTES} bytes waiting for a peer that does not read")
+            self.kill(
+                f"more than {MAX_OUT_BYTES} bytes waiting for a peer that does not read",
+                reset=True,
+                reason="backlog",
+            )
             return
         if self._drained.is_set():
             self._drained = trio.Event()
@@ -257,7 +265,11 @@ class WsConnection:
             try:
                 await self._drain()
             except trio.TooSlowError:
-                self.kill(f"peer took no data for {self.send_timeout_s:g}s", reset=True)
+                self.kill(
+                    f"peer took no data for {self.send_timeout_s:g}s",
+                    reset=True,
+                    reason="send_timeout",
+                )
 
     async def _drain(self) -> None:
         try:
@@ -271,7 +283,7 @@ class WsConnection:
                 self.bytes_sent += n
                 del self.out[:n]
         except (OSError, trio.ClosedResourceError) as exc:
-            self.kill(f"send failed: {exc}")
+            self.kill(f"send failed: {exc}", reason="send_failed")
         if not self.out:
             self._drained.set()
 
@@ -358,7 +370,7 @@ class WsConnection:
 
     # --- ending -----------------------------------------------------------------------
 
-    def kill(self, why: str, *, reset: bool = False) -> None:
+    def kill(self, why: str, *, reset: bool = False, reason: str = "killed") -> None:
         """Close the socket now; pending output is dropped. Idempotent, synchronous.
 
         With ``reset``, the close is abortive (RST): the kernel drops what the peer
@@ -368,6 +380,7 @@ class WsConnection:
             return
         self.dead = True
         self.death = why
+        self.death_reason = reason
         self.out.clear()
         self._writer_wake.set()
         self._drained.set()
