@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -199,3 +199,16 @@ async def open_dashboard(
                 nursery.cancel_scope.cancel()
     finally:
         await trio.aclose_forcefully(stream)
+
+
+_T = TypeVar("_T")
+
+
+def drain_nowait(receive: trio.MemoryReceiveChannel[_T]) -> list[_T]:
+    """Everything queued in ``receive`` now, without waiting."""
+    out: list[_T] = []
+    while True:
+        try:
+            out.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            return out

@@ -13,6 +13,7 @@ from meksd.model.raw import RawRecord
 from meksd.runtime.actor import InboxItem
 from meksd.runtime.room import Ingest
 from tests.fakefeeds import room_from_toml
+from tests.support import drain_nowait as drain
 
 ROOM = """
 [[rooms]]
@@ -33,15 +34,6 @@ def chats(*ids: str) -> RawRecord:
 
 def msg_ids(items: list[InboxItem]) -> list[str]:
     return [item.msg_id for item in items if isinstance(item, ChatMessage)]
-
-
-def drain(receive: trio.MemoryReceiveChannel[InboxItem]) -> list[InboxItem]:
-    out = []
-    while True:
-        try:
-            out.append(receive.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 async def test_a_record_that_fills_the_inbox_is_finished_by_send_not_normalized_twice() -> None:

@@ -20,6 +20,7 @@ from meksd.runtime.feedserver import HttpRequest, HttpResponse, serve_http
 from meksd.runtime.sources import HttpPollSource, make_source
 from meksd.runtime.sources.base import Pacing
 from meksd.runtime.sources.http_poll import Page, parse_page, parse_retry_after
+from tests.support import drain_nowait
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
@@ -103,12 +104,7 @@ async def run_until(
             while not done():
                 await trio.sleep(every)
         nursery.cancel_scope.cancel()
-    out = []
-    while True:
-        try:
-            out.append(receive.receive_nowait())
-        except trio.WouldBlock:
-            return out
+    return drain_nowait(receive)
 
 
 async def test_pages_become_records_in_order_with_cursor_pacing_and_keepalive(

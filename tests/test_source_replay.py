@@ -14,6 +14,7 @@ from meksd.config import ReplaySourceConfig
 from meksd.model.raw import RawRecord
 from meksd.runtime.sources import ReplaySource, make_source
 from meksd.runtime.sources.replay import line_ts, suffix_ids
+from tests.support import drain_nowait as drain
 
 
 def envelope(n: int, ts: int | None = None) -> bytes:
@@ -21,15 +22,6 @@ def envelope(n: int, ts: int | None = None) -> bytes:
     if ts is not None:
         obj = {"ts": ts, **obj}
     return orjson.dumps(obj)
-
-
-def drain(receive: trio.MemoryReceiveChannel[RawRecord]) -> list[RawRecord]:
-    out = []
-    while True:
-        try:
-            out.append(receive.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 async def play(
