@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -40,6 +40,24 @@ def make_events(n: int) -> list[Event]:
 
 def start_state(config: RoomConfig | None = None) -> RoomState:
     return new_room("r", "e1", config or RoomConfig(streak_timeout_s=1e6))
+
+
+class ActorRig(NamedTuple):
+    initial: RoomState
+    feed: RoomFeed
+    send: trio.MemorySendChannel[InboxItem]
+    actor: RoomActor
+    counters: RoomCounters
+
+
+def actor_rig(tick_s: float, config: RoomConfig | None = None) -> ActorRig:
+    """An actor (not started) over a fresh state, its feed and the send end of its inbox."""
+    initial = start_state(config)
+    feed = RoomFeed(initial, 0, ring_size=100)
+    send, receive = trio.open_memory_channel[InboxItem](100)
+    counters = RoomCounters()
+    actor = RoomActor(Owned(initial), feed, receive, tick_s=tick_s, counters=counters)
+    return ActorRig(initial, feed, send, actor, counters)
 
 
 class CancelAtStep(trio.abc.Instrument):
@@ -141,10 +159,7 @@ async def test_tick_coalescing_leading_and_trailing_edge(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """An idle room publishes at once; a busy one at most once per tick, the rest on the trailing edge."""
-    initial = start_state()
-    feed = RoomFeed(initial, 0, ring_size=100)
-    send, receive = trio.open_memory_channel[InboxItem](100)
-    actor = RoomActor(Owned(initial), feed, receive, tick_s=0.1, counters=RoomCounters())
+    _initial, feed, send, actor, _ = actor_rig(0.1)
     events = make_events(10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor.run)
@@ -170,10 +185,7 @@ async def test_a_busy_room_takes_one_step_per_tick(
     """While a delta waits for its tick, events stay queued and are reduced together
     right before the publish: 40 events 1 ms apart in a 16 ms tick take two steps per
     tick, not 40, and the published state is every one of them."""
-    initial = start_state()
-    feed = RoomFeed(initial, 0, ring_size=100)
-    send, receive = trio.open_memory_channel[InboxItem](100)
-    actor = RoomActor(Owned(initial), feed, receive, tick_s=0.016, counters=RoomCounters())
+    initial, feed, send, actor, _ = actor_rig(0.016)
     steps: list[int] = []
     step = actor.step
 
@@ -205,10 +217,7 @@ async def test_read_after_is_the_next_tick_minus_the_lead_while_a_delta_waits(
     """-inf while nothing waits (before any event, after the leading-edge publish, after
     the trailing one); while a delta waits for its tick, the tick minus 4 ms (half the
     tick when that is shorter), which comes before the publish."""
-    initial = start_state()
-    feed = RoomFeed(initial, 0, ring_size=100)
-    send, receive = trio.open_memory_channel[InboxItem](100)
-    actor = RoomActor(Owned(initial), feed, receive, tick_s=tick_s, counters=RoomCounters())
+    initial, feed, send, actor, _ = actor_rig(tick_s)
     events = make_events(2)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor.run)
@@ -239,11 +248,8 @@ async def test_a_room_with_a_long_tick_does_not_hold_reads(
     """With a tick over READ_HOLD_MAX_TICK_S the delta still waits for its tick, but the
     sources are told to read at once: the feed's bytes do not sit in the kernel for
     most of a long tick."""
-    initial = start_state()
-    feed = RoomFeed(initial, 0, ring_size=100)
-    send, receive = trio.open_memory_channel[InboxItem](100)
     tick_s = READ_HOLD_MAX_TICK_S * 2
-    actor = RoomActor(Owned(initial), feed, receive, tick_s=tick_s, counters=RoomCounters())
+    _initial, feed, send, actor, _ = actor_rig(tick_s)
     events = make_events(2)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor.run)
@@ -262,11 +268,7 @@ async def test_a_room_with_a_long_tick_does_not_hold_reads(
 
 async def test_open_streak_expires_and_is_published(autojump_clock: trio.testing.MockClock) -> None:
     """A streak with no end is counted after streak_timeout_s by the actor's timer, once."""
-    initial = start_state(RoomConfig(streak_timeout_s=15))
-    feed = RoomFeed(initial, 0, ring_size=100)
-    send, receive = trio.open_memory_channel[InboxItem](100)
-    counters = RoomCounters()
-    actor = RoomActor(Owned(initial), feed, receive, tick_s=0.016, counters=counters)
+    _initial, feed, send, actor, counters = actor_rig(0.016, RoomConfig(streak_timeout_s=15))
     user = User("1", "a", "A")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor.run)
@@ -296,11 +298,7 @@ async def test_reducer_failure_rejects_event_and_keeps_state(
         return reduce(state, events)
 
     monkeypatch.setattr(actor_mod, "reduce", flaky)
-    initial = start_state()
-    feed = RoomFeed(initial, 0, ring_size=100)
-    send, receive = trio.open_memory_channel[InboxItem](100)
-    counters = RoomCounters()
-    actor = RoomActor(Owned(initial), feed, receive, tick_s=0.016, counters=counters)
+    _initial, feed, send, actor, counters = actor_rig(0.016)
     user = User("1", "a", "A")
     batch = [
         GiftSent("ok1", user, "7", "Rose", 0, 1, False, "", 10, 0.0, 0),

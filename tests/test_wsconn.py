@@ -220,3 +220,17 @@ async def test_a_peer_that_lets_more_than_max_out_bytes_wait_is_killed_at_once(
         assert server.death_reason == "backlog"
         assert "1000000 bytes" in (server.death or "")
         assert not server.out
+
+
+async def test_a_send_to_a_peer_that_is_gone_kills_with_send_failed() -> None:
+    """A peer that closed its end: the next write fails and the connection is dead
+    with the reason code ``send_failed`` (counted as an aborted send)."""
+    with trio.fail_after(10):
+        server, client = await connected()
+        client.sock.close()
+        for _ in range(20):  # the first write may still be taken by the kernel
+            server.send_frame_nowait(text_frame(b"x" * 1000))
+            if server.dead:
+                break
+        assert server.dead
+        assert server.death_reason == "send_failed"

@@ -52,6 +52,7 @@ from cattrs.errors import ForbiddenExtraKeysError, IterableValidationError, Iter
 from meksd.core.dedup import segments
 from meksd.core.strict import Invalid as _Invalid
 from meksd.core.strict import register_strict_primitives
+from meksd.model.commands import CommandMemory
 from meksd.model.events import GiftKey
 from meksd.model.state import Dedup, LeaderRow, RoomState, Streak
 
@@ -310,7 +311,9 @@ def _head(state: RoomState, seq: int) -> bytes:
             pieces.append(_dumps({"capacity": dedup.capacity, "segment": dedup.segment}))
         else:
             value = getattr(state, name)
-            if (isinstance(value, tuple) and len(value) > CHUNK) or name == "commands":
+            # Long tuples (chat, replies) and the command memory's maps can be big:
+            # those go in pieces; the rest in one call each.
+            if (isinstance(value, tuple) and len(value) > CHUNK) or field_type is CommandMemory:
                 pieces.extend(_pieces(value, field_type))
             else:  # small: one encoder call beats the walk field by field (5x)
                 pieces.append(_dumps(_converter.unstructure(value, field_type)))

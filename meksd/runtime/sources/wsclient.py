@@ -126,6 +126,8 @@ class FeedConnection:
     async def receive_messages(self) -> list[str | bytes]:
         """Every complete message the socket holds now; waits for at least one.
 
+        Over plain TCP it does not checkpoint when the socket already holds a message
+        (see :meth:`_receive`): the caller's loop must have a checkpoint of its own.
         Text messages are ``str``, binary ones ``bytes``, as sent. Raises
         :class:`FeedClosed` when the connection ends; a message larger than
         ``max_message_bytes`` closes it with 1009 first.
