@@ -70,10 +70,11 @@ FLAP_FACTOR = 3.0
 """A source demoted less than ``FLAP_FACTOR * stall_s`` after it became active flapped."""
 MAX_HOLDDOWN_S = 300.0
 """Longest time a flapping source is kept from being taken back."""
-RECORD_RESOLUTION_S = 0.01
-"""Records of the active source closer than this to the last one remembered do not
-move its stall clock (a stall may be seen this much early); spares a new value per
-record in a burst."""
+RECORD_RESOLUTION_S = 0.25
+"""Records of the active source closer than this, or than 1 % of ``stall_s`` if that
+is less, to the last one remembered do not move its stall clock (a stall may be seen
+this much early); spares a new value per record in a busy room (a room at 50 records
+a second with the default 20 s ``stall_s`` makes one every 0.2 s, not 50)."""
 
 
 @attrs.frozen
@@ -162,8 +163,12 @@ def on_record(
     ``index`` is the returned selection's ``active``."""
     if index == sel.active:
         last = sel.last_record
-        if sel.failures == 0 and last is not None and now - last < RECORD_RESOLUTION_S:
-            return sel, []  # a burst: the stall clock need not move for every record
+        if (
+            sel.failures == 0
+            and last is not None
+            and now - last < min(RECORD_RESOLUTION_S, policy.stall_s / 100)
+        ):
+            return sel, []  # the stall clock need not move for every record
         return attrs.evolve(sel, last_record=now, failures=0), []
     if index > sel.active or index in sel.finished or now < sel.held_until[index]:
         return sel, []

@@ -96,8 +96,8 @@ class _Outlet:
         await self._selector._forward(self._index, value)
 
     async def send_batch(self, values: Sequence[RawRecord], /) -> None:
-        """``send`` for records read together, with one checkpoint when the room's
-        channel takes them all at once."""
+        """``send`` for records read together; no checkpoint when the room's channel
+        takes them all at once (see :class:`~meksd.runtime.sources.base.BatchSink`)."""
         await self._selector._forward_batch(self._index, values)
 
 
@@ -305,12 +305,10 @@ class SourceSelector:
             return
         raw = self._raw
         await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
         for record in records:
             try:
                 raw.send_nowait(record)
             except trio.WouldBlock:
-                waited = True
                 counters.ingest_waits += 1
                 blocked_at = trio.current_time()
                 try:
@@ -320,8 +318,6 @@ class SourceSelector:
                     await trio.lowlevel.checkpoint_if_cancelled()
                 finally:
                     counters.ingest_wait_s += trio.current_time() - blocked_at
-        if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
         depth = raw.statistics().current_buffer_used
         if depth > counters.ingest_peak:
             counters.ingest_peak = depth

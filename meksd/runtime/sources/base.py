@@ -86,8 +86,12 @@ class BatchSink(Protocol):
     async def send(self, value: RawRecord, /) -> None: ...
 
     async def send_batch(self, values: Sequence[RawRecord], /) -> None:
-        """Hand over ``values`` in order, as ``send`` would one by one, with a single
-        checkpoint when the room takes them all at once."""
+        """Hand over ``values`` in order, as ``send`` would one by one.
+
+        Not a checkpoint when the room takes them all at once (a cancellation is
+        still delivered): the read that produced them was one, and a second per read
+        would cost a task switch per event in a quiet room. Waits (a checkpoint)
+        while the room's channel is full."""
         ...
 
 
@@ -205,8 +209,8 @@ class SourceMeter:
     async def push_all(self, send: RecordSink, payloads: Sequence[bytes | str]) -> None:
         """Stamp ``payloads`` (read together: one time) and hand them over in order.
 
-        With a :class:`BatchSink` the batch goes in one call (one checkpoint, so the
-        room's normalizer wakes once for all of it); otherwise one ``send`` each.
+        With a :class:`BatchSink` the batch goes in one call (no checkpoint when the
+        room takes it all at once); otherwise one ``send`` each.
         """
         records = self.stamp(payloads)
         # Not isinstance(send, BatchSink): a runtime protocol check costs microseconds

@@ -78,6 +78,11 @@ class FeedConnection:
         self._parts: list[str | bytes | bytearray] = []
         self._part_bytes = 0
         self._closed: FeedClosed | None = None
+        self._unparsed = True
+        """Bytes were given to wsproto since its events were last taken (or the
+        handshake may have left messages in its buffer)."""
+        self._drained = False
+        """The last read took less than it asked for: the socket is most likely empty."""
 
     async def handshake(self, host: str, resource: str) -> None:
         """Send the opening handshake and read the answer.
@@ -126,23 +131,28 @@ class FeedConnection:
     async def receive_messages(self) -> list[str | bytes]:
         """Every complete message the socket holds now; waits for at least one.
 
-        Over plain TCP it does not checkpoint when the socket already holds a message
-        (see :meth:`_receive`): the caller's loop must have a checkpoint of its own.
-        Text messages are ``str``, binary ones ``bytes``, as sent. Raises
+        A checkpoint (each read from the socket is one, see :meth:`_receive`), except
+        for messages that came in the same read as the handshake's answer. Text
+        messages are ``str``, binary ones ``bytes``, as sent. Raises
         :class:`FeedClosed` when the connection ends; a message larger than
         ``max_message_bytes`` closes it with 1009 first.
         """
         messages: list[str | bytes] = []
         while True:
-            await self._take_events(messages)
-            if messages:
-                return messages
+            if self._unparsed:
+                # wsproto's parser is only asked again when it has new bytes: asking
+                # it for nothing costs about as much as parsing a small message.
+                self._unparsed = False
+                await self._take_events(messages)
+                if messages:
+                    return messages
             if self._closed is not None:
                 raise self._closed
             data = await self._receive()
             if not data:
                 self._closed = FeedClosed(1006, "connection lost")
                 raise self._closed
+            self._unparsed = True
             try:
                 self._ws.receive_data(bytes(data))
             except RemoteProtocolError as exc:  # pragma: no cover - wsproto reports via events
@@ -155,20 +165,31 @@ class FeedConnection:
         ``wait_readable`` (both public: the stream's ``socket.fileno()``), not through
         ``SocketStream.receive_some``: trio's wrapper around a read (conflict check,
         error translation, a checkpoint when the read succeeds at once) cost more
-        than the read, once per event in a room whose events come a tick apart. No
-        checkpoint when bytes are already there: the caller's hand-over to the room
-        is one. Over TLS, the stream's ``receive_some``.
+        than the read, once per event in a room whose events come a tick apart.
+
+        Always a checkpoint. After a short read (the usual case: the socket gave all
+        it had) it waits for the socket before reading: reading an empty socket
+        fails with an exception that costs more than the wait it then needs anyway.
+        After a full read it yields once and reads at once. Over TLS, the stream's
+        ``receive_some``.
         """
         fd = self._fd
         if fd is None:
             return await self._stream.receive_some(RECEIVE_BYTES)
+        if self._drained:
+            await trio.lowlevel.wait_readable(fd)
+        else:
+            await trio.lowlevel.checkpoint()
         while True:
             try:
-                return os.read(fd, RECEIVE_BYTES)
+                data = os.read(fd, RECEIVE_BYTES)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(fd)
             except OSError as exc:
                 raise trio.BrokenResourceError(exc) from exc
+            else:
+                self._drained = len(data) < RECEIVE_BYTES
+                return data
 
     async def _take_events(self, messages: list[str | bytes]) -> None:
         out = bytearray()
