@@ -6,6 +6,7 @@ import pytest
 
 from meksd.core.failover import (
     MAX_HOLDDOWN_S,
+    RECORD_RESOLUTION_S,
     Policy,
     Restart,
     Selection,
@@ -153,3 +154,26 @@ def test_a_long_tenure_forgives_earlier_flaps() -> None:
     sel, _ = on_record(sel, 0, 200.0, POLICY)
     sel, _ = on_tick(sel, 220.0, POLICY, "live")
     assert sel.flaps[0] == 0 and sel.held_until[0] == 220.0
+
+
+def test_records_move_the_stall_clock_at_most_every_resolution() -> None:
+    """A record closer than RECORD_RESOLUTION_S (or 1 % of stall_s, if less) to the last
+    one remembered keeps the selection as it is (the same object: no new value per
+    record); a later one moves the clock, and so does any record after a failure."""
+    sel, _ = on_record(three(), 0, 10.0, POLICY)
+    assert sel.last_record == 10.0
+    same, actions = on_record(sel, 0, 10.0 + RECORD_RESOLUTION_S / 2, POLICY)
+    assert (same, actions) == (sel, []) and same is sel
+    later, _ = on_record(sel, 0, 10.0 + RECORD_RESOLUTION_S, POLICY)
+    assert later.last_record == 10.0 + RECORD_RESOLUTION_S
+    failed, _ = on_failure(later, 0, 11.0, POLICY, "live")
+    after, _ = on_record(failed, 0, 11.0 + RECORD_RESOLUTION_S / 10, POLICY)
+    assert (after.failures, after.last_record) == (0, 11.0 + RECORD_RESOLUTION_S / 10)
+    # A short stall_s shrinks the resolution with it: at most 1 % of it early.
+    quick = Policy(stall_s=1.0, failover_after=2)
+    moved, _ = on_record(sel, 0, 10.02, quick)
+    assert moved.last_record == 10.02
+    kept, _ = on_record(sel, 0, 10.005, quick)
+    assert kept is sel
+    # Never a stall seen early by more than the resolution.
+    assert stall_deadline(kept, quick, "live") == pytest.approx(10.0 + 1.0)

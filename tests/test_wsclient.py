@@ -230,6 +230,39 @@ async def test_frames_written_together_come_back_in_one_call(
     assert second_at - first_at == pytest.approx(1.0)
 
 
+async def test_each_call_is_a_checkpoint_and_more_than_one_read_arrives_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Messages written at once, more bytes than one read takes (RECEIVE_BYTES): all
+    come back in order over several calls. Every call is a checkpoint, even with bytes
+    waiting in the socket: a cancelled call raises Cancelled and takes nothing, so the
+    calls after it still get every message."""
+    messages = [f"{i:04d}:" + "x" * 2000 for i in range(100)]
+
+    async def handler(peer: Peer) -> None:
+        await peer.stream.send_all(await peer.accept())
+        await peer.stream.send_all(b"".join(text(m) for m in messages))
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await serve_raw(nursery, handler)
+            async with open_feed(port) as conn:
+                await trio.sleep(1)  # the server has written what the socket takes
+                got: list[str | bytes] = []
+                calls = cancelled = 0
+                while len(got) < len(messages):
+                    with trio.CancelScope() as scope:
+                        scope.cancel()
+                        await conn.receive_messages()
+                    cancelled += scope.cancelled_caught
+                    got.extend(await conn.receive_messages())
+                    calls += 1
+            nursery.cancel_scope.cancel()
+    assert got == messages
+    assert calls >= 2 and cancelled == calls
+
+
 async def test_receive_messages_waits_while_nothing_is_complete(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
