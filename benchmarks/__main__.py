@@ -54,7 +54,7 @@ def main() -> None:
             with open(run.RESULTS / f"{prof.name}.json") as f:
                 old = json.load(f)
             old["servers"].update(results["servers"])
-            for key in ("rooms", "profile_run"):
+            for key in ("rooms", "rooms_peers", "profile_run"):
                 if key in results:
                     old[key] = results[key]
             old.setdefault("reruns", []).append(

@@ -119,7 +119,9 @@ class Dashboard(asyncio.Protocol):
         self.kind = args.kind
         self.host = args.host
         self.port = args.port
-        self.path = args.path
+        # A peer serving several rooms picks the room by path (see peers/broadcast.js).
+        multi = args.kind == "peer" and "," in args.rooms
+        self.path = f"{args.path.rstrip('/')}/{room_idx}" if multi else args.path
         self.verified = False
         self.series: array | None = None
         self.msgpack = None

@@ -123,19 +123,38 @@ def ceiling_table(servers: dict[str, Any]) -> list[str]:
     return rows
 
 
-def rooms_table(r: dict[str, Any] | None) -> list[str]:
-    if not r:
-        return []
-    if "error" in r:
-        return [f"failed: {r['error']}"]
-    return [
-        "| events/s (all rooms) | deliveries/s | p50 ms | p99 ms | max ms | lost "
+def rooms_table(r: dict[str, Any] | None, peers: dict[str, Any] | None = None) -> list[str]:
+    """Point 3: meksd's row, the peers' rows (same rooms, client and profile), and
+    meksd's ratios to each peer."""
+    runs = {"meksd": r, **(peers or {})}
+    rows = [
+        "| server | events/s (all rooms) | deliveries/s | p50 ms | p99 ms | max ms | lost "
         "| server CPU % | peak RSS MB | GC pauses | loop lag max |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
-        f"| {r['events_per_s']:.0f} | {r['deliveries_per_s']:.0f} | {_f(r['p50_ms'])} "
-        f"| {_f(r['p99_ms'])} | {_f(r['max_ms'])} | {r['lost'] + r['lost_disconnected']} "
-        f"| {r['server_cpu_pct']:.1f} | {r['peak_rss_mb']:.0f} | {_gc(r)} | {_lag(r)} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
+    for kind, x in runs.items():
+        if not x:
+            continue
+        if "error" in x:
+            rows.append(f"| {kind} | failed: {x['error']} |")
+            continue
+        rows.append(
+            f"| {kind} | {x['events_per_s']:.0f} | {x['deliveries_per_s']:.0f} "
+            f"| {_f(x['p50_ms'])} | {_f(x['p99_ms'])} | {_f(x['max_ms'])} "
+            f"| {x['lost'] + x['lost_disconnected']} | {x['server_cpu_pct']:.1f} "
+            f"| {x['peak_rss_mb']:.0f} | {_gc(x)} | {_lag(x)} |"
+        )
+    if len(rows) == 2:
+        return []
+    ratios = [
+        f"| meksd / {kind} | {_ratio(r['server_cpu_pct'], x['server_cpu_pct'])} "
+        f"| {_ratio(r['p99_ms'], x['p99_ms'])} | {_ratio(r['max_ms'], x['max_ms'])} |"
+        for kind, x in (peers or {}).items()
+        if r and "error" not in r and x and "error" not in x
+    ]
+    if ratios:
+        rows = ["| ratio | server CPU | p99 | max |", "|---|---:|---:|---:|", *ratios, "", *rows]
+    return rows
 
 
 def _per_s(r: dict[str, Any], key: str) -> float:
@@ -310,12 +329,12 @@ def markdown(results: dict[str, Any], png: Path | None) -> str:
         *ceiling_table(servers),
         "",
     ]
-    if results.get("rooms"):
+    if results.get("rooms") or results.get("rooms_peers"):
         lines += [
-            f"## Point 3: meksd, {prof['p3_rooms']} rooms × {prof['p3_per_room']} dashboards, "
+            f"## Point 3: {prof['p3_rooms']} rooms × {prof['p3_per_room']} dashboards, "
             f"{prof['p3_rate']:g} events/s each, {prof['p3_s']:g} s",
             "",
-            *rooms_table(results.get("rooms")),
+            *rooms_table(results.get("rooms"), results.get("rooms_peers")),
             "",
         ]
     if results.get("profile_run"):

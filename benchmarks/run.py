@@ -391,15 +391,22 @@ async def single_room_session(kind: str, prof: Profile, out: Path, log: Any) -> 
     return result
 
 
-async def multi_room_session(prof: Profile, out: Path, log: Any) -> dict[str, Any]:
-    """Point 3: meksd with many rooms, a few dashboards each."""
+ROOMS_SERVERS = ("meksd", "node-batched")
+"""Point 3's servers: meksd, and the peer point 1 compares against (it serves each
+room's dashboards on its own path, see peers/broadcast.js)."""
+
+
+async def multi_room_session(
+    prof: Profile, out: Path, log: Any, kind: str = "meksd"
+) -> dict[str, Any]:
+    """Point 3: ``kind`` serving many rooms, a few dashboards each."""
     server_cpu, client_cpu = cpus()
     feed = feedmod.FeedServer()
     await feed.start()
     rooms = [f"room{i:02d}" for i in range(prof.p3_rooms)]
     server = await servers.start(
-        "meksd", feed_urls=[feed.url(i) for i in range(len(rooms))], rooms=rooms,
-        out=out / "meksd-rooms", cpu=server_cpu, meksd_src=MEKSD_SRC,
+        kind, feed_urls=[feed.url(i) for i in range(len(rooms))], rooms=rooms,
+        out=out / f"{kind}-rooms", cpu=server_cpu, meksd_src=MEKSD_SRC,
     )  # fmt: skip
     client = None
     try:
@@ -410,7 +417,7 @@ async def multi_room_session(prof: Profile, out: Path, log: Any) -> dict[str, An
         )  # fmt: skip
         await asyncio.sleep(0.5)
         log(
-            f"  meksd: point 3, {len(rooms)} rooms x {prof.p3_per_room} dashboards, "
+            f"  {kind}: point 3, {len(rooms)} rooms x {prof.p3_per_room} dashboards, "
             f"{prof.p3_rate:g} ev/s each, {prof.p3_s:g}s"
         )
         r = await play_phase(
@@ -553,8 +560,15 @@ async def run(prof: Profile, only: list[str] | None, log: Any) -> dict[str, Any]
         log(f"[{time.monotonic() - t0:5.0f}s] {kind}")
         results["servers"][kind] = await guarded(kind, single_room_session(kind, prof, out, log))
     if only is None or "rooms" in only:
-        log(f"[{time.monotonic() - t0:5.0f}s] point 3")
-        results["rooms"] = await guarded("point 3", multi_room_session(prof, out, log))
+        # meksd's under "rooms" (as before), the peers' under "rooms_peers".
+        results["rooms_peers"] = {}
+        for kind in ROOMS_SERVERS:
+            log(f"[{time.monotonic() - t0:5.0f}s] point 3: {kind}")
+            r = await guarded(f"point 3 ({kind})", multi_room_session(prof, out, log, kind))
+            if kind == "meksd":
+                results["rooms"] = r
+            else:
+                results["rooms_peers"][kind] = r
     if prof.profile_s > 0 and (only is None or "profile" in only):
         log(f"[{time.monotonic() - t0:5.0f}s] profile")
         results["profile_run"] = await guarded("profile", profile_session(prof, out, log))

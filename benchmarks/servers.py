@@ -134,10 +134,8 @@ async def start(
         argv = [sys.executable, "-m", "meksd", "run", "--config", str(config)]
         path, client_kind = "/ws", "meksd"
     elif kind in ("node-batched", "node-event"):
-        if len(feed_urls) != 1:
-            raise ValueError("the peers serve one room")
         mode = kind.split("-", 1)[1]
-        argv = ["node", str(PEERS / "broadcast.js"), str(ws_port), feed_urls[0], mode, "16"]
+        argv = ["node", str(PEERS / "broadcast.js"), str(ws_port), ",".join(feed_urls), mode, "16"]
         path, client_kind = "/", "peer"
     elif kind == "py-websockets":
         if len(feed_urls) != 1:
