@@ -565,3 +565,46 @@ async def test_a_burst_through_a_small_ingest_queue_reaches_the_actor_whole_and_
     assert room.counters.events == 300
     assert room.counters.duplicates == 0
     assert room.counters.ingest_waits > 0  # the raw channel was full too
+
+
+async def test_send_is_a_checkpoint_and_a_taken_batch_is_not(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Record by record (``send``: a replay at full speed) every hand-over lets the
+    other tasks run, so such a source never holds the loop until the room's channel
+    fills; a batch the channel takes at once (``send_batch``: the websocket source,
+    whose read was the checkpoint) does not yield a second time."""
+    a = _Scripted("a:0")
+    selector = SourceSelector(
+        "r",
+        [a],
+        policy=Policy(stall_s=1000, failover_after=2),
+        watch=[True],
+        live=lambda: "live",
+        counters=RoomCounters(),
+    )
+    send, receive = trio.open_memory_channel[RawRecord](math.inf)
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(selector.run, send)
+            await a.ready.wait()
+            nursery.start_soon(other_task)  # always runnable: the clock stands still now
+            await trio.lowlevel.checkpoint()
+            before = turns
+            for _ in range(20):
+                await a.record()
+            assert turns - before >= 19, "the other task ran between the records"
+            before = turns
+            for _ in range(20):
+                await a.batch([b"{}", b"{}"])
+            assert turns == before, "no yield for batches the channel took"
+            nursery.cancel_scope.cancel()
+    assert len(_queued(receive)) == 60

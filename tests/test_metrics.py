@@ -103,6 +103,9 @@ async def test_exposition_of_a_running_room_and_the_latency_histogram() -> None:
             latency.observe(0.003)
             latency.observe(0.2)
             metrics.delivery_latency.labels("gone").observe(0.1)  # not a running room
+            feed = app.rooms["a"].feed
+            feed.snapshot(msgpack=True)  # a msgpack dashboard subscribed
+            feed.snapshot(msgpack=True)  # a second one: the same encoding, shared
             unknown = app.rooms["a"].counters.unknown
             for i in range(MAX_UNKNOWN_TYPES + 10):
                 unknown[f"type{i:03}"] = 100 - i  # the last ten are the rarest
@@ -122,6 +125,8 @@ async def test_exposition_of_a_running_room_and_the_latency_histogram() -> None:
     assert v("meksd_delivery_latency_seconds_sum", room="a") == pytest.approx(0.203)
     assert not any(labels and ("room", "gone") in labels for _, labels in found)
     assert v("meksd_build_info", version="0.1.0") == 1
+    assert v("meksd_msgpack_snapshots_encoded_total", room="a") == 1
+    assert v("meksd_msgpack_deltas_encoded_total", room="a") == 0
     # Every known rejection reason is there from the start, at 0.
     for reason in REJECT_REASONS:
         assert v("meksd_events_rejected_total", room="a", reason=reason) == 0

@@ -217,15 +217,17 @@ def test_from_msgpack_never_raises(data: bytes) -> None:
 
 
 class FakeSub:
-    """A live subscriber that takes every frame."""
+    """A live subscriber that takes every frame (or, ``takes=False``, none)."""
 
-    def __init__(self, *, msgpack: bool) -> None:
+    def __init__(self, *, msgpack: bool, takes: bool = True) -> None:
         self.msgpack = msgpack
+        self.takes = takes
         self.frames: list[tuple[int, bytes]] = []
 
-    def deliver(self, seq: int, frame: bytes) -> bool:
-        self.frames.append((seq, frame))
-        return True
+    def deliver(self, seq: int, frame: bytes, size: int) -> bool:
+        if self.takes:
+            self.frames.append((seq, frame))
+        return self.takes
 
     def unlive(self) -> None:
         pass
@@ -658,3 +660,66 @@ async def test_resume_in_msgpack_after_leaving_mid_burst() -> None:
             nursery.cancel_scope.cancel()
     assert client.views["r1"].state == server_state
     assert client.views["r1"].snapshots >= 1
+
+
+def test_delivery_latency_is_observed_once_per_publish_that_some_dashboard_took() -> None:
+    """``on_delivered`` (the latency metric) fires once per publish that at least one
+    live dashboard took, in either encoding; not when every live one refused the frame
+    (they leave the live set and catch up on their own, observed then)."""
+    state = new_room("r", "e1", RoomConfig())
+    feed = RoomFeed(state, 0, ring_size=8)
+    seen: list[float] = []
+    feed.on_delivered = seen.append
+    refusing = [FakeSub(msgpack=False, takes=False), FakeSub(msgpack=True, takes=False)]
+    for sub in refusing:
+        feed.join(sub)
+    feed.publish(1, _delta_body("r", "e1", 1), state, 1.0)
+    assert seen == [], "nobody took seq 1"
+    feed.publish(2, _delta_body("r", "e1", 2), state, 2.0)
+    assert seen == [], "the refusing ones left the live set: nobody to write to"
+    taking = FakeSub(msgpack=True)
+    feed.join(taking)
+    feed.join(FakeSub(msgpack=False, takes=False))
+    feed.publish(3, _delta_body("r", "e1", 3), state, 3.0)
+    assert seen == [3.0] and [seq for seq, _ in taking.frames] == [3]
+
+
+async def test_bytes_sent_counts_message_payloads_on_every_path() -> None:
+    """A dashboard's ``bytes_sent`` (and ``meksd_dashboard_bytes_sent_total``) is the
+    payload bytes of the messages it was written, counted alike for messages sent one
+    by one (hello, snapshot) and for deltas written in the publishing step, JSON or
+    msgpack: the sum of what each client received."""
+    config = make_config(tokens=False, server="tick_ms = 1")
+    with trio.fail_after(30):
+        async with running_app(config) as app:
+            port = app.dashboards.port
+            feed = app.rooms["a"].feed
+            await inject(app, "a", 3)
+            async with open_raw(port) as js, open_raw(port) as mp:
+                assert await js.handshake(port) == 101
+                assert await mp.handshake(port, headers=_protocol_header(MSGPACK)) == 101
+                await js.send_text(b'{"type":"subscribe","room":"a"}')
+                await mp.send_msgpack({"type": "subscribe", "room": "a"})
+                received = {False: 0, True: 0}
+                views = {False: RoomView(), True: RoomView()}
+                clients = {False: js, True: mp}
+
+                async def read_until(seq: int) -> None:
+                    for packed, client in clients.items():
+                        view = views[packed]
+                        while view.seq < seq:
+                            _, payload = await client.recv_frame()
+                            received[packed] += len(payload)
+                            decoded = (msgpack.unpackb if packed else orjson.loads)(payload)
+                            for msg in decoded if isinstance(decoded, list) else [decoded]:
+                                if msg.get("type") in ("snapshot", "delta"):
+                                    view.take(msg)
+
+                await read_until(feed.seq)  # hello and snapshot: sent one by one
+                for i in range(5):  # live now: deltas written in the publishing step
+                    await inject(app, "a", 2, start=100 + 10 * i)
+                    await read_until(feed.seq)
+                sent = {dash.msgpack: dash.bytes_sent for dash in app.dashboards.dashboards}
+    assert views[False].seq == views[True].seq == feed.seq >= 8
+    assert sent == received
+    assert app.dashboards.totals.bytes_sent >= received[False] + received[True]

@@ -73,14 +73,14 @@ class Subscription:
         self.msgpack = dash.msgpack
         """Frames for this subscription are msgpack (binary), not JSON (text)."""
 
-    def deliver(self, seq: int, frame: bytes) -> bool:
+    def deliver(self, seq: int, frame: bytes, size: int) -> bool:
         """Called by the feed as it publishes ``seq``. Synchronous; the hot path of the
         fan-out (once per dashboard per delta), so it does no more than it must."""
         if not self.conn.offer(frame):
             self.unlive()
             return False
         self.cursor = seq
-        self.dash.count_sent(len(frame))
+        self.dash.count_sent(size)
         return True
 
     def unlive(self) -> None:

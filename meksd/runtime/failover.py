@@ -92,13 +92,15 @@ class _Outlet:
 
     async def send(self, value: RawRecord, /) -> None:
         """Hand ``value`` to the room if this source is (or just became) the active
-        one; otherwise drop it. Blocks while the room's channel is full."""
-        await self._selector._forward(self._index, value)
+        one; otherwise drop it. Blocks while the room's channel is full. Always a
+        checkpoint: a source that pushes record by record (a replay at full speed)
+        must not hold the loop until the room's channel fills."""
+        await self._selector._forward_batch(self._index, (value,), checkpoint=True)
 
     async def send_batch(self, values: Sequence[RawRecord], /) -> None:
         """``send`` for records read together; no checkpoint when the room's channel
         takes them all at once (see :class:`~meksd.runtime.sources.base.BatchSink`)."""
-        await self._selector._forward_batch(self._index, values)
+        await self._selector._forward_batch(self._index, values, checkpoint=False)
 
 
 class SourceSelector:
@@ -292,7 +294,9 @@ class SourceSelector:
 
     # --- the outlets' path ------------------------------------------------------
 
-    async def _forward_batch(self, index: int, records: Sequence[RawRecord]) -> None:
+    async def _forward_batch(
+        self, index: int, records: Sequence[RawRecord], *, checkpoint: bool
+    ) -> None:
         assert self._selection is not None and self._raw is not None
         if not records:
             await trio.lowlevel.checkpoint()
@@ -305,10 +309,12 @@ class SourceSelector:
             return
         raw = self._raw
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         for record in records:
             try:
                 raw.send_nowait(record)
             except trio.WouldBlock:
+                waited = True
                 counters.ingest_waits += 1
                 blocked_at = trio.current_time()
                 try:
@@ -318,9 +324,8 @@ class SourceSelector:
                     await trio.lowlevel.checkpoint_if_cancelled()
                 finally:
                     counters.ingest_wait_s += trio.current_time() - blocked_at
+        if checkpoint and not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         depth = raw.statistics().current_buffer_used
         if depth > counters.ingest_peak:
             counters.ingest_peak = depth
-
-    async def _forward(self, index: int, record: RawRecord) -> None:
-        await self._forward_batch(index, (record,))

@@ -66,7 +66,9 @@ class Subscriber(Protocol):
     msgpack: bool
     """Whether the frames it takes are ``meks.v1.msgpack`` (binary) rather than JSON."""
 
-    def deliver(self, seq: int, frame: bytes) -> bool: ...
+    def deliver(self, seq: int, frame: bytes, size: int) -> bool:
+        """Write ``frame`` (delta ``seq``, a message of ``size`` payload bytes) now."""
+        ...
 
     def unlive(self) -> None: ...
 
@@ -101,8 +103,8 @@ class RoomFeed:
         self._msgpack_encoded = 0
         self._msgpack_snapshots_encoded = 0
         self.on_delivered: Callable[[float], None] | None = None
-        """Called once per publish that reached live dashboards, with the oldest
-        event's receipt time (the end-to-end latency metric)."""
+        """Called once per publish that at least one live dashboard took, with the
+        oldest event's receipt time (the end-to-end latency metric)."""
 
     # --- read side ------------------------------------------------------------
 
@@ -224,22 +226,13 @@ class RoomFeed:
         self._first_seq = max(self._first_seq, seq - self._ring_size + 1)
         self._published += 1
         self._published_bytes += len(body)
-        reached = False
-        if self._live:
-            # One frame for everyone: server frames are unmasked, so the bytes are the
-            # same for every dashboard. Each live one gets one non-blocking write.
-            frame = text_frame(body)
-            dropped = [sub for sub in tuple(self._live) if not sub.deliver(seq, frame)]
-            for sub in dropped:
-                self._live.discard(sub)
-            reached = True
+        # One frame per encoding for everyone: server frames are unmasked, so the
+        # bytes are the same for every dashboard.
+        reached = bool(self._live) and _fan_out(self._live, seq, text_frame(body), len(body))
         if self._live_msgpack:
-            frame = binary_frame(self._msgpack_body(seq))
-            live = tuple(self._live_msgpack)
-            dropped = [sub for sub in live if not sub.deliver(seq, frame)]
-            for sub in dropped:
-                self._live_msgpack.discard(sub)
-            reached = True
+            packed = self._msgpack_body(seq)
+            frame = binary_frame(packed)
+            reached = _fan_out(self._live_msgpack, seq, frame, len(packed)) or reached
         if reached and self.on_delivered is not None:
             self.on_delivered(received_at)
 
@@ -265,6 +258,16 @@ class RoomFeed:
         live_msgpack, self._live_msgpack = self._live_msgpack, set()
         for sub in (*live, *live_msgpack):
             sub.unlive()
+
+
+def _fan_out(live: set[Subscriber], seq: int, frame: bytes, size: int) -> bool:
+    """One non-blocking write of ``frame`` (``size`` payload bytes) to each of
+    ``live``; those that cannot take it leave ``live``. Whether any took it."""
+    subs = tuple(live)
+    dropped = [sub for sub in subs if not sub.deliver(seq, frame, size)]
+    for sub in dropped:
+        live.discard(sub)
+    return len(dropped) < len(subs)
 
 
 class Hub:

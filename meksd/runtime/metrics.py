@@ -234,6 +234,8 @@ class AppCollector:
             add("meksd_deltas_published", (rid,), feed.published)
             add("meksd_published_bytes", (rid,), feed.published_bytes)
             add("meksd_snapshots_encoded", (rid,), feed.snapshots_encoded)
+            add("meksd_msgpack_deltas_encoded", (rid,), feed.msgpack_encoded)
+            add("meksd_msgpack_snapshots_encoded", (rid,), feed.msgpack_snapshots_encoded)
             add("meksd_room_ready", (rid,), 1 if room_readiness(room, now).ready else 0)
             add("meksd_source_failovers", (rid,), c.failovers)
             add("meksd_source_failbacks", (rid,), c.failbacks)
@@ -387,6 +389,16 @@ class AppCollector:
             CounterMetricFamily(
                 "meksd_snapshots_encoded",
                 "Snapshots encoded (at most once per seq, shared by all dashboards).",
+                labels=room,
+            ),
+            CounterMetricFamily(
+                "meksd_msgpack_deltas_encoded",
+                "Deltas transcoded to meks.v1.msgpack (at most once per delta).",
+                labels=room,
+            ),
+            CounterMetricFamily(
+                "meksd_msgpack_snapshots_encoded",
+                "Snapshots encoded in meks.v1.msgpack (at most once per seq).",
                 labels=room,
             ),
             GaugeMetricFamily(

@@ -73,7 +73,7 @@ class RecordSink(Protocol):
     async def send(self, value: RawRecord, /) -> None:
         """Hand over one record, waiting while the room cannot take it (backpressure).
 
-        Raises ``trio.BrokenResourceError`` or ``trio.ClosedResourceError`` when the
+        A checkpoint, as trio's own ``send`` is. Raises ``trio.BrokenResourceError`` or ``trio.ClosedResourceError`` when the
         room has gone away.
         """
         ...
@@ -201,10 +201,13 @@ class SourceMeter:
     async def push(self, send: RecordSink, payload: bytes | str) -> None:
         """Stamp ``payload``, wait until the room's channel takes it, then count it.
 
-        Waiting here is the backpressure. Channel errors (the room closed its end)
-        propagate.
+        Waiting here is the backpressure. Always a checkpoint (``send``'s), so a
+        source that pushes record by record lets the rest of the process run. Channel
+        errors (the room closed its end) propagate.
         """
-        await self.push_all(send, (payload,))
+        (record,) = self.stamp((payload,))
+        await send.send(record)
+        self.records += 1
 
     async def push_all(self, send: RecordSink, payloads: Sequence[bytes | str]) -> None:
         """Stamp ``payloads`` (read together: one time) and hand them over in order.
