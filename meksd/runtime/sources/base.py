@@ -73,8 +73,8 @@ class RecordSink(Protocol):
     async def send(self, value: RawRecord, /) -> None:
         """Hand over one record, waiting while the room cannot take it (backpressure).
 
-        A checkpoint, as trio's own ``send`` is. Raises ``trio.BrokenResourceError`` or ``trio.ClosedResourceError`` when the
-        room has gone away.
+        A checkpoint, as trio's own ``send`` is. Raises ``trio.BrokenResourceError``
+        or ``trio.ClosedResourceError`` when the room has gone away.
         """
         ...
 
