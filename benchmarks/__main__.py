@@ -24,6 +24,11 @@ def main() -> None:
     )
     ap.add_argument("--profile-seconds", type=float, help="py-spy run length (0: skip)")
     ap.add_argument(
+        "--p3-per-room",
+        type=int,
+        help="dashboards per room at point 3 (results go to <profile>-p3x<N>.json/-report.md)",
+    )
+    ap.add_argument(
         "--meksd-src",
         help="import meksd from this directory instead of the working tree "
         "(e.g. a `git archive HEAD meksd` export)",
@@ -44,6 +49,9 @@ def main() -> None:
         prof = run.QUICK if args.quick else run.FULL
         if args.profile_seconds is not None:
             prof = attrs.evolve(prof, profile_s=args.profile_seconds)
+        if args.p3_per_room is not None:
+            name = f"{prof.name}-p3x{args.p3_per_room}"
+            prof = attrs.evolve(prof, name=name, p3_per_room=args.p3_per_room)
         if args.meksd_src:
             run.MEKSD_SRC = Path(args.meksd_src).resolve()
         only = args.only.split(",") if args.only else None
