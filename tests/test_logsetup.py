@@ -50,7 +50,10 @@ def restore_logging(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
     yield
     flush_suppressed()
     logger.remove()
-    logger.add(sys.stderr)
+    # The process's own stderr, not ``sys.stderr``: that is capsys's stream now, closed
+    # after this test, and every later log line would fail on it ("I/O operation on
+    # closed file" in later tests' captured output).
+    logger.add(sys.__stderr__)  # type: ignore[arg-type]
     for handler in list(root.handlers):
         if isinstance(handler, InterceptHandler) and handler not in handlers:
             root.removeHandler(handler)
