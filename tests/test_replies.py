@@ -359,6 +359,45 @@ async def test_replies_beyond_an_operators_rate_are_refused(nursery: trio.Nurser
     nursery.cancel_scope.cancel()
 
 
+async def test_an_actor_restart_does_not_refill_the_reply_buckets(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rate limit outlives a crash of the room's actor: an operator who used the
+    burst before the restart is still refused after it."""
+    from meksd.runtime.actor import Probe, RoomActor
+
+    upstream = Upstream(faults=False)
+    await nursery.start(upstream.run)
+    app: App = await nursery.start(
+        App(parse_config(config(upstream.port, rooms=("a",), rpm=1.0, burst=2))).run
+    )
+    router = app.dashboards.commands
+    assert router is not None
+    room = app.rooms["a"]
+    with trio.fail_after(10):
+        for i in range(2):
+            assert (await router.submit("a", SendReply(f"k{i}", "hi", operator="ann"))).ok
+        step = RoomActor.step
+        crashed = trio.Event()
+
+        def crash_once(self: RoomActor, *args: Any, **kwargs: Any) -> None:
+            if not crashed.is_set():
+                crashed.set()
+                raise RuntimeError("injected actor crash")
+            step(self, *args, **kwargs)
+
+        monkeypatch.setattr(RoomActor, "step", crash_once)
+        inbox = room.inbox
+        assert inbox is not None
+        await inbox.send(Probe())  # the step that takes it crashes the actor
+        await crashed.wait()
+        monkeypatch.setattr(RoomActor, "step", step)
+        third = await router.submit("a", SendReply("k2", "hi", operator="ann"))
+    assert room.counters.actor_restarts == 1
+    assert (third.ok, third.error) == (False, "rate_limited")
+    nursery.cancel_scope.cancel()
+
+
 def test_a_room_restored_with_pending_replies_fails_them_as_restart() -> None:
     """Pending replies in a restored state have no sender any more: they start `failed: restart`."""
     from meksd.runtime.actor import Owned

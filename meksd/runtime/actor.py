@@ -106,6 +106,7 @@ class RoomActor:
         outbox: Callable[[Reply, float], bool] | None = None,
         on_reply_settled: Callable[[Reply, ReplySettled], None] | None = None,
         reply_limit: RateLimit | None = None,
+        reply_gates: dict[str, MessageGate] | None = None,
     ) -> None:
         self.owned = owned
         self.feed = feed
@@ -123,7 +124,9 @@ class RoomActor:
         """Called (synchronously, after the step) with each reply settled and its verdict."""
         self.reply_limit = reply_limit
         """``chat.reply`` per operator (``SendReply.operator``); None: unlimited."""
-        self._reply_gates: dict[str, MessageGate] = {}
+        self._reply_gates: dict[str, MessageGate] = {} if reply_gates is None else reply_gates
+        """The operators' buckets for ``reply_limit`` (the room's, so that they outlive a
+        restart of the actor); only the actor touches them, synchronously."""
         self._next_publish = -math.inf
         self._log = logger.bind(room=owned.state.room_id)
 

@@ -30,7 +30,7 @@ from loguru import logger
 
 from meksd.config import RoomSettings, room_config
 from meksd.core.failover import Policy
-from meksd.core.limits import RateLimit
+from meksd.core.limits import MessageGate, RateLimit
 from meksd.core.normalize import normalize
 from meksd.core.reduce import new_room
 from meksd.core.replies import ReplySettled, settle_all
@@ -93,6 +93,9 @@ class Room:
         self.session_hooks: list[Callable[[RoomState], None]] = []
         """Called with each ended session's state, in the actor's step: must not block."""
         self._replies: trio.MemorySendChannel[Queued] | None = None
+        self._reply_gates: dict[str, MessageGate] = {}
+        """Per operator: the ``chat.reply`` rate limit's bucket. Kept here, not in the
+        actor, so that an actor restart does not refill every operator's bucket."""
         self.reply_hooks: list[Callable[[Reply, ReplySettled], None]] = []
         """Called with each settled reply (the app routes ``reply_result``): must not block."""
         self._log = logger.bind(room=self.room_id)
@@ -246,6 +249,7 @@ class Room:
                 on_session_end=self._session_ended,
                 outbox=self._queue_reply if self._replies is not None else None,
                 reply_limit=self._reply_limit(),
+                reply_gates=self._reply_gates,
                 on_reply_settled=self._reply_settled,
             )
             await self._actor.run()
