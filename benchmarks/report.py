@@ -216,9 +216,16 @@ def profile_lines(r: dict[str, Any] | None) -> list[str]:
     if "profile" not in r:
         return [f"Profile: {r.get('error', 'not run')}"]
     prof = r["profile"]
+    idle = prof.get("idle_samples")
+    left_out = (
+        f"; {idle} samples waiting in `epoll_wait` or in an idle worker thread left out"
+        if idle is not None
+        else ""
+    )
     lines = [
-        f"py-spy, {prof['samples']} samples of the busy time (idle excluded), meksd at "
-        f"point 1's load (server CPU {r['server_cpu_pct']:.0f}% during the profiled run).",
+        f"py-spy, {prof['samples']} samples of the busy time (idle excluded{left_out}), "
+        f"meksd at point 1's load (server CPU {r['server_cpu_pct']:.0f}% during the "
+        "profiled run).",
         "",
         "| self % | function |",
         "|---:|---|",

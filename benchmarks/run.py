@@ -477,20 +477,29 @@ async def profile_session(prof: Profile, out: Path, log: Any) -> dict[str, Any]:
         await feed.close()
 
 
+IDLE_LEAVES = ("EpollIOManager.get_events ", "WorkerThread._work ")
+"""Leaf frames that are waiting, not working: trio's loop in ``epoll_wait`` and an idle
+worker thread of trio's thread cache. ``py-spy --nonblocking`` cannot tell a thread
+blocked in a system call from a busy one, so these are left out of the busy base."""
+
+
 def summarize_pyspy(raw: Path, top: int = 25) -> dict[str, Any]:
-    """Self and inclusive shares per function from py-spy's collapsed stacks."""
+    """Self and inclusive shares per function from py-spy's collapsed stacks, over the
+    busy samples (those whose leaf is in :data:`IDLE_LEAVES` are counted apart)."""
     self_n: dict[str, int] = {}
     incl_n: dict[str, int] = {}
-    total = 0
+    total = idle = 0
     for line in raw.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack:
             continue
         n = int(count_s)
-        total += n
         frames = [_short(f) for f in stack.split(";")]
-        # Skip the process/thread root frame py-spy may add.
         leaf = frames[-1]
+        if leaf.startswith(IDLE_LEAVES):
+            idle += n
+            continue
+        total += n
         self_n[leaf] = self_n.get(leaf, 0) + n
         for f in set(frames):
             incl_n[f] = incl_n.get(f, 0) + n
@@ -498,7 +507,12 @@ def summarize_pyspy(raw: Path, top: int = 25) -> dict[str, Any]:
     def ranked(d: dict[str, int]) -> list[tuple[str, float]]:
         return [(k, 100 * v / total) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
 
-    return {"samples": total, "self": ranked(self_n), "inclusive": ranked(incl_n)}
+    return {
+        "samples": total,
+        "idle_samples": idle,
+        "self": ranked(self_n),
+        "inclusive": ranked(incl_n),
+    }
 
 
 def _short(frame: str) -> str:
