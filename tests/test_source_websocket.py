@@ -323,3 +323,19 @@ async def test_push_all_into_a_plain_channel_sends_one_by_one_in_order(
     assert {r.source for r in taken} == {"websocket:2"}
     assert meter.records == 5
     assert (meter.last_record_at, meter.failures_in_a_row, meter.failures) == (0.0, 0, 1)
+
+
+async def test_before_read_says_whether_it_waited(autojump_clock: trio.testing.MockClock) -> None:
+    """Pacing.before_read waits until read_after and says so (the source then reads at
+    once); a read_after in the past returns False at once, without a checkpoint."""
+    due = 2.0
+    pacing = Pacing(read_after=lambda: due)
+    with trio.fail_after(10):
+        assert await pacing.before_read() is True
+        assert trio.current_time() == pytest.approx(2.0)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            assert await pacing.before_read() is False
+        assert not scope.cancelled_caught
+        due = -math.inf
+        assert await pacing.before_read() is False

@@ -263,6 +263,42 @@ async def test_each_call_is_a_checkpoint_and_more_than_one_read_arrives_whole(
     assert calls >= 2 and cancelled == calls
 
 
+async def test_after_wait_reads_at_once_without_a_second_checkpoint(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After ``after_wait`` (the source slept until its room wanted the next read) the
+    next call reads what is there without yielding first: even in a cancelled scope it
+    returns the messages. Without it, the same call is a checkpoint."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.stream.send_all(await peer.accept())
+        await peer.stream.send_all(text("one"))
+        await trio.sleep(1)
+        await peer.stream.send_all(text("two"))
+        await trio.sleep(1)
+        await peer.stream.send_all(text("three"))
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await serve_raw(nursery, handler)
+            async with open_feed(port) as conn:
+                assert await conn.receive_messages() == ["one"]  # a short read
+                await trio.sleep(1.5)  # "two" is waiting in the socket
+                conn.after_wait()
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    second = await conn.receive_messages()
+                assert not scope.cancelled_caught and second == ["two"]
+                await trio.sleep(1)  # "three" is waiting; no after_wait this time
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await conn.receive_messages()
+                assert scope.cancelled_caught
+                assert await conn.receive_messages() == ["three"]
+            nursery.cancel_scope.cancel()
+
+
 async def test_receive_messages_waits_while_nothing_is_complete(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -154,12 +154,14 @@ class Pacing:
     tick: what arrives meanwhile is read in one batch just before the tick instead of
     one wake-up per message (see :meth:`before_read`)."""
 
-    async def before_read(self) -> None:
+    async def before_read(self) -> bool:
         """Wait until the room wants the next message (no checkpoint when it does now:
-        the read that follows is one)."""
+        the read that follows is one). Whether it waited."""
         due = self.read_after()
         if due > trio.current_time():
             await trio.sleep_until(due)
+            return True
+        return False
 
     def delay(self, usual: float, rng: Jitter) -> float:
         """The wait before the next attempt, given the source's ``usual`` one."""

@@ -176,7 +176,8 @@ class WebsocketSource:
         self._meter.state = "connected"
         self._log.bind(event="source_connected").info("connected to {url}", url=cfg.url)
         while True:  # ends with FeedClosed (or a stream error): _describe says why
-            await self._pacing.before_read()
+            if await self._pacing.before_read():
+                conn.after_wait()
             messages = await conn.receive_messages()
             try:
                 await self._meter.push_all(send, messages)

@@ -83,6 +83,8 @@ class FeedConnection:
         handshake may have left messages in its buffer)."""
         self._drained = False
         """The last read took less than it asked for: the socket is most likely empty."""
+        self._waited = False
+        """The caller has just waited for bytes (see :meth:`after_wait`)."""
 
     async def handshake(self, host: str, resource: str) -> None:
         """Send the opening handshake and read the answer.
@@ -128,11 +130,18 @@ class FeedConnection:
             except RemoteProtocolError as exc:
                 raise FeedHandshakeError(f"bad handshake response: {exc}") from None
 
+    def after_wait(self) -> None:
+        """The caller has just waited (a checkpoint) for bytes that should be there by
+        now: the next read tries the socket at once, neither waiting for it first nor
+        yielding (a held read, see ``Pacing.before_read``, costs one task step, not two)."""
+        self._waited = True
+
     async def receive_messages(self) -> list[str | bytes]:
         """Every complete message the socket holds now; waits for at least one.
 
         A checkpoint (each read from the socket is one, see :meth:`_receive`), except
-        for messages that came in the same read as the handshake's answer. Text
+        for messages that came in the same read as the handshake's answer and for a
+        read right after :meth:`after_wait`. Text
         messages are ``str``, binary ones ``bytes``, as sent. Raises
         :class:`FeedClosed` when the connection ends; a message larger than
         ``max_message_bytes`` closes it with 1009 first.
@@ -167,16 +176,19 @@ class FeedConnection:
         error translation, a checkpoint when the read succeeds at once) cost more
         than the read, once per event in a room whose events come a tick apart.
 
-        Always a checkpoint. After a short read (the usual case: the socket gave all
-        it had) it waits for the socket before reading: reading an empty socket
-        fails with an exception that costs more than the wait it then needs anyway.
+        A checkpoint unless :meth:`after_wait` came just before. After a short read
+        (the usual case: the socket gave all it had) it waits for the socket before
+        reading: reading an empty socket fails with an exception that costs more than
+        the wait it then needs anyway.
         After a full read it yields once and reads at once. Over TLS, the stream's
         ``receive_some``.
         """
         fd = self._fd
         if fd is None:
             return await self._stream.receive_some(RECEIVE_BYTES)
-        if self._drained:
+        if self._waited:
+            self._waited = False
+        elif self._drained:
             await trio.lowlevel.wait_readable(fd)
         else:
             await trio.lowlevel.checkpoint()
