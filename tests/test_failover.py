@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
@@ -221,6 +222,20 @@ async def test_a_paused_stream_is_silent_without_failing_over(
     assert room.state.totals.comments == 2
 
 
+def live_selector(
+    sources: list[Any], *, watch: list[bool], stall_s: float, counters: RoomCounters
+) -> SourceSelector:
+    """The selector of a room ``r`` that is always live and fails over after 2 failures."""
+    return SourceSelector(
+        "r",
+        sources,
+        policy=Policy(stall_s=stall_s, failover_after=2),
+        watch=watch,
+        live=lambda: "live",
+        counters=counters,
+    )
+
+
 class _Burst:
     """A source that pushes ``count`` records as fast as the room takes them."""
 
@@ -249,14 +264,7 @@ async def test_a_full_ingest_channel_blocks_the_source_and_the_wait_is_counted(
     depth are counted; reading lets it finish, in order."""
     counters = RoomCounters()
     source = _Burst(5)
-    selector = SourceSelector(
-        "r",
-        [source],
-        policy=Policy(stall_s=20, failover_after=2),
-        watch=[False],
-        live=lambda: "live",
-        counters=counters,
-    )
+    selector = live_selector([source], watch=[False], stall_s=20, counters=counters)
     send, receive = trio.open_memory_channel[RawRecord](2)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -310,14 +318,7 @@ async def test_failures_are_counted_in_a_row_and_not_against_a_source_taken_back
     a probe's failures before its failback do not fail it over again."""
     a, b = _Scripted("a:0"), _Scripted("b:1")
     counters = RoomCounters()
-    selector = SourceSelector(
-        "r",
-        [a, b],
-        policy=Policy(stall_s=1000, failover_after=2),
-        watch=[True, True],
-        live=lambda: "live",
-        counters=counters,
-    )
+    selector = live_selector([a, b], watch=[True, True], stall_s=1000, counters=counters)
     send, _receive = trio.open_memory_channel[RawRecord](math.inf)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -393,14 +394,7 @@ async def test_a_batch_goes_on_in_order_from_the_active_source_and_is_dropped_fr
     and is held down, its batch is dropped and every record of it counted."""
     a, b = _Scripted("a:0"), _Scripted("b:1")
     counters = RoomCounters()
-    selector = SourceSelector(
-        "r",
-        [a, b],
-        policy=Policy(stall_s=1000, failover_after=2),
-        watch=[True, True],
-        live=lambda: "live",
-        counters=counters,
-    )
+    selector = live_selector([a, b], watch=[True, True], stall_s=1000, counters=counters)
     send, receive = trio.open_memory_channel[RawRecord](math.inf)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -443,14 +437,7 @@ async def test_a_batch_the_channel_has_room_for_is_queued_whole_before_the_room_
     waiting on the channel, wakes once and finds the rest of the batch already queued."""
     source = _Scripted("a:0")
     counters = RoomCounters()
-    selector = SourceSelector(
-        "r",
-        [source],
-        policy=Policy(stall_s=20, failover_after=2),
-        watch=[False],
-        live=lambda: "live",
-        counters=counters,
-    )
+    selector = live_selector([source], watch=[False], stall_s=20, counters=counters)
     send, receive = trio.open_memory_channel[RawRecord](100)
     woke_with: list[tuple[bytes | str, int]] = []
 
@@ -481,14 +468,7 @@ async def test_a_batch_into_a_full_ingest_channel_blocks_counts_the_wait_and_del
     through, in order."""
     source = _Scripted("a:0")
     counters = RoomCounters()
-    selector = SourceSelector(
-        "r",
-        [source],
-        policy=Policy(stall_s=20, failover_after=2),
-        watch=[False],
-        live=lambda: "live",
-        counters=counters,
-    )
+    selector = live_selector([source], watch=[False], stall_s=20, counters=counters)
     send, receive = trio.open_memory_channel[RawRecord](2)
     pushed = trio.Event()
 
@@ -575,14 +555,7 @@ async def test_send_is_a_checkpoint_and_a_taken_batch_is_not(
     fills; a batch the channel takes at once (``send_batch``: the websocket source,
     whose read was the checkpoint) does not yield a second time."""
     a = _Scripted("a:0")
-    selector = SourceSelector(
-        "r",
-        [a],
-        policy=Policy(stall_s=1000, failover_after=2),
-        watch=[True],
-        live=lambda: "live",
-        counters=RoomCounters(),
-    )
+    selector = live_selector([a], watch=[True], stall_s=1000, counters=RoomCounters())
     send, receive = trio.open_memory_channel[RawRecord](math.inf)
     turns = 0
 

@@ -17,8 +17,9 @@ from meksd.core.reduce import new_room
 from meksd.model.commands import SendReply
 from meksd.model.state import RoomConfig
 from meksd.model.wire import Command
+from meksd.runtime.actor import Probe, RoomActor
 from meksd.runtime.app import App
-from meksd.runtime.commands import answer_command
+from meksd.runtime.commands import CommandRouter, answer_command
 from tests.support import DashClient, open_dashboard
 
 
@@ -334,8 +335,9 @@ async def test_the_operator_gets_ack_then_reply_result_and_every_dashboard_sees_
     nursery.cancel_scope.cancel()
 
 
-async def test_replies_beyond_an_operators_rate_are_refused(nursery: trio.Nursery) -> None:
-    """Past `reply_burst`, an operator's replies are acked `rate_limited`; another operator is not affected."""
+async def rate_limited_app(nursery: trio.Nursery) -> tuple[App, CommandRouter]:
+    """An app with room ``a`` sending to a faultless upstream, replies limited to a
+    burst of 2 then 1 a minute per operator; and its command router."""
     upstream = Upstream(faults=False)
     await nursery.start(upstream.run)
     app: App = await nursery.start(
@@ -343,6 +345,12 @@ async def test_replies_beyond_an_operators_rate_are_refused(nursery: trio.Nurser
     )
     router = app.dashboards.commands
     assert router is not None
+    return app, router
+
+
+async def test_replies_beyond_an_operators_rate_are_refused(nursery: trio.Nursery) -> None:
+    """Past `reply_burst`, an operator's replies are acked `rate_limited`; another operator is not affected."""
+    _, router = await rate_limited_app(nursery)
     with trio.fail_after(10):
         results = [
             await router.submit("a", SendReply(f"k{i}", "hi", operator="ann")) for i in range(3)
@@ -364,15 +372,7 @@ async def test_an_actor_restart_does_not_refill_the_reply_buckets(
 ) -> None:
     """The rate limit outlives a crash of the room's actor: an operator who used the
     burst before the restart is still refused after it."""
-    from meksd.runtime.actor import Probe, RoomActor
-
-    upstream = Upstream(faults=False)
-    await nursery.start(upstream.run)
-    app: App = await nursery.start(
-        App(parse_config(config(upstream.port, rooms=("a",), rpm=1.0, burst=2))).run
-    )
-    router = app.dashboards.commands
-    assert router is not None
+    app, router = await rate_limited_app(nursery)
     room = app.rooms["a"]
     with trio.fail_after(10):
         for i in range(2):

@@ -362,6 +362,34 @@ async def test_a_message_in_the_same_read_as_the_101_is_not_lost(
     assert got == ["first", "second", "third"]
 
 
+async def test_after_wait_holds_for_the_next_call_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``after_wait`` is taken by the next call even when that call reads nothing (the
+    messages came with the 101): the call after it is a checkpoint again."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.stream.send_all(await peer.accept() + text("first"))
+        await trio.sleep(1)
+        await peer.stream.send_all(text("second"))
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await serve_raw(nursery, handler)
+            async with open_feed(port) as conn:
+                conn.after_wait()
+                first = await conn.receive_messages()
+                await trio.sleep(2)  # "second" is waiting in the socket
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await conn.receive_messages()
+                assert scope.cancelled_caught
+                second = await conn.receive_messages()
+            nursery.cancel_scope.cancel()
+    assert (first, second) == (["first"], ["second"])
+
+
 async def test_a_101_written_in_pieces_completes_the_handshake(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -84,7 +84,8 @@ class FeedConnection:
         self._drained = False
         """The last read took less than it asked for: the socket is most likely empty."""
         self._waited = False
-        """The caller has just waited for bytes (see :meth:`after_wait`)."""
+        """The caller has just waited for bytes (see :meth:`after_wait`); the next
+        :meth:`receive_messages` takes it, whether it reads or not."""
 
     async def handshake(self, host: str, resource: str) -> None:
         """Send the opening handshake and read the answer.
@@ -147,6 +148,7 @@ class FeedConnection:
         ``max_message_bytes`` closes it with 1009 first.
         """
         messages: list[str | bytes] = []
+        waited, self._waited = self._waited, False
         while True:
             if self._unparsed:
                 # wsproto's parser is only asked again when it has new bytes: asking
@@ -157,7 +159,8 @@ class FeedConnection:
                     return messages
             if self._closed is not None:
                 raise self._closed
-            data = await self._receive()
+            data = await self._receive(waited=waited)
+            waited = False
             if not data:
                 self._closed = FeedClosed(1006, "connection lost")
                 raise self._closed
@@ -167,7 +170,7 @@ class FeedConnection:
             except RemoteProtocolError as exc:  # pragma: no cover - wsproto reports via events
                 raise FeedClosed(1002, str(exc)) from None
 
-    async def _receive(self) -> bytes | bytearray:
+    async def _receive(self, *, waited: bool) -> bytes | bytearray:
         """What the socket holds now (b"" at EOF); waits until it holds something.
 
         Over plain TCP the socket is read with ``os.read`` and waited on with
@@ -176,7 +179,7 @@ class FeedConnection:
         error translation, a checkpoint when the read succeeds at once) cost more
         than the read, once per event in a room whose events come a tick apart.
 
-        A checkpoint unless :meth:`after_wait` came just before. After a short read
+        A checkpoint unless the caller has just ``waited``. After a short read
         (the usual case: the socket gave all it had) it waits for the socket before
         reading: reading an empty socket fails with an exception that costs more than
         the wait it then needs anyway.
@@ -186,12 +189,11 @@ class FeedConnection:
         fd = self._fd
         if fd is None:
             return await self._stream.receive_some(RECEIVE_BYTES)
-        if self._waited:
-            self._waited = False
-        elif self._drained:
-            await trio.lowlevel.wait_readable(fd)
-        else:
-            await trio.lowlevel.checkpoint()
+        if not waited:  # (after a wait of the caller's, that was the checkpoint)
+            if self._drained:
+                await trio.lowlevel.wait_readable(fd)
+            else:
+                await trio.lowlevel.checkpoint()
         while True:
             try:
                 data = os.read(fd, RECEIVE_BYTES)
