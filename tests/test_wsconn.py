@@ -234,3 +234,37 @@ async def test_a_send_to_a_peer_that_is_gone_kills_with_send_failed() -> None:
                 break
         assert server.dead
         assert server.death_reason == "send_failed"
+
+
+async def test_offer_writes_what_the_socket_takes_and_refuses_once_bytes_wait() -> None:
+    """The fan-out's path: a frame the kernel takes only in part is still offered
+    (True) with its tail in ``out``; a frame the kernel takes none of (a full socket)
+    is kept whole; while anything waits, offers are refused (False) and nothing more
+    is queued, so the writer sends the frames whole and in order."""
+    with trio.fail_after(10):
+        server, client = await connected(send_timeout_s=5)
+        big = b"z" * 3_000_000
+        assert server.offer(text_frame(big))
+        assert server.congested
+        waiting = len(server.out)
+        assert 0 < waiting < len(text_frame(big))
+        assert not server.offer(text_frame(b'"refused"'))
+        assert len(server.out) == waiting
+        sent = server.bytes_sent
+        server.out.clear()  # as if drained: the socket itself is still full
+        assert server.offer(text_frame(b'"kept whole"'))
+        assert bytes(server.out) == text_frame(b'"kept whole"')
+        assert server.bytes_sent == sent
+        assert not server.dead
+        client.sock.close()
+
+
+async def test_offer_to_a_peer_that_is_gone_is_refused_and_kills() -> None:
+    with trio.fail_after(10):
+        server, client = await connected()
+        client.sock.close()
+        offers = [server.offer(text_frame(b"x" * 1000)) for _ in range(20)]
+        assert server.dead
+        assert server.death_reason == "send_failed"
+        assert offers[-1] is False
+        assert not server.offer(text_frame(b"x"))

@@ -196,8 +196,18 @@ class WsConnection:
         """
         if self.out or self.dead or self.close_code is not None:
             return False
-        self._send_now(frame)
-        return not self.dead
+        # _send_now, inline: this runs once per dashboard per delta, and a call is a
+        # measurable part of it (BENCHMARKS.md, "per-send Python").
+        try:
+            n = self.sock.send(frame)
+        except OSError as exc:
+            self._send_failed(frame, exc)
+            return not self.dead
+        self.bytes_sent += n
+        if n != len(frame):
+            self._queue(memoryview(frame)[n:])
+            return not self.dead
+        return True
 
     def send_text_nowait(self, payload: bytes) -> None:
         self.send_frame_nowait(text_frame(payload))
@@ -229,14 +239,20 @@ class WsConnection:
         """Write what the socket takes of ``data`` now (``out`` is empty), queue the rest."""
         try:
             n = self.sock.send(data)
-        except BlockingIOError:
-            n = 0
         except OSError as exc:
-            self.kill(f"send failed: {exc.strerror or exc}", reason="send_failed")
+            self._send_failed(data, exc)
             return
         self.bytes_sent += n
         if n != len(data):
             self._queue(memoryview(data)[n:])
+
+    def _send_failed(self, data: bytes, exc: OSError) -> None:
+        """A first write of ``data`` raised: keep it all if the socket is full, else
+        the connection is broken and killed."""
+        if isinstance(exc, BlockingIOError):
+            self._queue(data)
+        else:
+            self.kill(f"send failed: {exc.strerror or exc}", reason="send_failed")
 
     def _queue(self, data: bytes | memoryview) -> None:
         """Keep ``data`` for the writer task (the socket took what came before it)."""
