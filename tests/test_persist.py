@@ -232,6 +232,11 @@ class Disk:
             self.parts.clear()
         for gone in write.deletes:
             del self.parts[gone]  # a delete names a part that is there
+            if gone[0] == "msgids":  # and takes the segment's pieces with it
+                for piece in [
+                    k for k in self.parts if k[0] == "msgids" and k[1].startswith(f"{gone[1]}.")
+                ]:
+                    del self.parts[piece]
         for kind, key, value in write.upserts:
             self.parts[kind, key] = value
             self.written += len(value)
@@ -261,8 +266,8 @@ def test_incremental_writes_hold_the_state_after_every_flush(
 
 
 def test_an_unchanged_room_writes_only_its_head() -> None:
-    """A flush with nothing new writes no part; one new msgId rewrites only the open
-    segment; a sealed segment is written once."""
+    """A flush with nothing new writes no part; a sealed segment is written once; a
+    segment opened since the last write is written whole."""
     state = new_room("r", "e0", RoomConfig(dedup_window=32))  # segments of 2 ids
     state, _ = reduce(state, [chat("m1"), chat("m2"), chat("m3")])
     first = persist.state_to_parts(state, 1)
@@ -272,11 +277,41 @@ def test_an_unchanged_room_writes_only_its_head() -> None:
     assert (again.upserts, again.deletes, again.full) == ((), (), False)
     later, _ = reduce(state, [chat("m4")])
     step = persist.state_to_parts(later, 2, base=state)
-    # segment 1 is sealed (written once more, complete), segment 2 opens
+    # segment 1 is sealed (written once more, complete, its pieces dropped), 2 opens
     assert sorted((k, key) for k, key, _ in step.upserts) == [("msgids", "1"), ("msgids", "2")]
-    last, _ = reduce(later, [chat("m5")])
-    step = persist.state_to_parts(last, 3, base=later)
-    assert [(k, key) for k, key, _ in step.upserts] == [("msgids", "2")]
+    assert step.deletes == (("msgids", "1"),)
+
+
+def test_the_open_segment_is_written_in_pieces_of_what_it_gained() -> None:
+    """While the open segment fills, each write carries only the ids it gained since
+    the last write (a piece ``N.M``); sealing writes it whole and drops the pieces;
+    the store reads the same state back after every write."""
+    state = new_room("r", "e0", RoomConfig(dedup_window=160))  # segments of 10 ids
+    disk = Disk()
+    disk.apply(persist.state_to_parts(state, 0))
+    base, n = state, 0
+    for batch in (["a1", "a2", "a3"], ["a4"], ["a5", "a6", "a7", "a8"]):
+        n += 1
+        state, _ = reduce(state, [chat(m) for m in batch])
+        write = persist.state_to_parts(state, n, base=base)
+        (piece,) = write.upserts
+        kind, key, value = piece
+        assert (kind, key) == ("msgids", f"0.{len(base.dedup.current)}")
+        assert sorted(json.loads(value)) == batch
+        assert write.deletes == ()
+        disk.apply(write)
+        assert disk.read() == (state, n)
+        base = state
+    assert sorted(k for k in disk.parts if k[0] == "msgids") == [
+        ("msgids", "0"),
+        ("msgids", "0.0"),
+        ("msgids", "0.3"),
+        ("msgids", "0.4"),
+    ]
+    state, _ = reduce(state, [chat("a9"), chat("a10"), chat("b1")])  # 0 sealed, 1 opens
+    disk.apply(persist.state_to_parts(state, n + 1, base=base))
+    assert sorted(k for k in disk.parts if k[0] == "msgids") == [("msgids", "0"), ("msgids", "1")]
+    assert disk.read() == (state, n + 1)
 
 
 def chat(msg_id: str) -> ChatMessage:
@@ -312,6 +347,9 @@ def test_a_version_1_document_reads_as_one_sealed_segment() -> None:
         ([("leader", "u", b"{")], "part leader 'u': not JSON"),
         ([("nope", "u", b"{}")], "unknown part nope 'u'"),
         ([("msgids", "x", b"[]")], "unknown part msgids 'x'"),
+        ([("msgids", "0.x", b"[]")], "unknown part msgids '0.x'"),
+        ([("msgids", "0.3", b"{}")], "part msgids '0.3': expected an array of msgIds"),
+        ([("msgids", "9.1", b"[]")], "part msgids 9 is newer than segment 0"),
         ([("msgids", "9", b"[]")], "part msgids 9 is newer than segment 0"),
         ([("leader", "u", b"{}")], "@ $.state.leaderboard[0]"),
         ([("msgids", "0", b"[1]")], "expected string @ current[0]"),

@@ -18,12 +18,13 @@ from loguru import logger
 from prometheus_client.parser import text_string_to_metric_families
 
 from meksd.config import Config, StorageConfig, parse_config
-from meksd.core.persist import PartsWrite, state_to_bytes
+from meksd.core.persist import PartsWrite, state_to_bytes, state_to_parts
+from meksd.core.reduce import new_room, reduce
 from meksd.errors import StoreBusyError
 from meksd.model.events import ChatMessage, User
-from meksd.model.state import RoomState
+from meksd.model.state import RoomConfig, RoomState
 from meksd.runtime.app import App
-from meksd.runtime.storedb import RoomWrite, StoreDB, store_path
+from meksd.runtime.storedb import SCHEMA_VERSION, RoomWrite, StoreDB, store_path
 from tests.support import DashClient, open_dashboard, serve_feed
 
 CONFIG = """
@@ -538,6 +539,35 @@ async def test_flushes_write_only_what_changed(tmp_path: Path, nursery: trio.Nur
     )
 
 
+def test_the_open_msgid_segment_is_stored_in_pieces_dropped_when_it_seals(
+    tmp_path: Path,
+) -> None:
+    """Through SQLite: each flush adds a piece with the open segment's new ids (a few
+    dozen bytes, not the segment again); sealing writes it whole and deletes its
+    pieces; the room reads back exactly after every flush."""
+    db = StoreDB.open(tmp_path / "s.sqlite3")
+    try:
+        state = new_room("a", "e", RoomConfig(dedup_window=16 * 100))  # segments of 100
+        base: RoomState | None = None
+        sizes = []
+        for n in range(1, 25):  # 8 ids a flush: segment 0 seals during flush 13
+            ids = [f"m{(n - 1) * 8 + i}" for i in range(8)]
+            state, _ = reduce(state, [ChatMessage(m, User("u"), "hi", 0.0, 0) for m in ids])
+            write = RoomWrite("a", "e", n, state_to_parts(state, n, base=base))
+            db.write([write])
+            sizes.append(sum(len(v) for k, _, v in write.parts.upserts if k == "msgids"))
+            base = state
+            stored = db.room("a")
+            assert stored is not None
+            assert stored.decode() == (state, n)
+        keys = sorted(key for kind, key, _ in db.room("a").parts if kind == "msgids")  # type: ignore[union-attr]
+        # 0 sealed, written whole; 1 opened in flush 13 with 4 ids, then a piece a flush
+        assert keys == sorted(["0", "1", *[f"1.{4 + 8 * i}" for i in range(11)]])
+        assert max(sizes[1:12]) < 100, "a flush while the segment fills writes its new ids"
+    finally:
+        db.close()
+
+
 async def test_a_version_1_store_is_read_and_upgraded(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -589,7 +619,7 @@ async def test_a_version_1_store_is_read_and_upgraded(
                 assert published(app).totals.diamonds == diamonds, "counted twice"
         db = StoreDB.open(store, readonly=True)
         try:
-            assert db.schema == "2"
+            assert db.schema == str(SCHEMA_VERSION)
             stored = db.room("a")
             assert stored is not None and stored.parts, "rewritten as a head and parts"
         finally:

@@ -235,7 +235,10 @@ def _structure_state(obj: object) -> RoomState:
 PartKind = Literal["leader", "streak", "closed", "msgids"]
 """Rows of a room kept apart from its head, one per leaderboard row (``leader``, key
 ``user_id``), open or closed streak (``streak``/``closed``, key ``[user, gift,
-group]`` as JSON) and msgId segment (``msgids``, key the segment's number)."""
+group]`` as JSON) and msgId segment (``msgids``, key the segment's number ``N``; or
+``N.M``, a *piece* of segment ``N``: the ids it gained after holding ``M``).
+
+Deleting the part ``msgids N`` deletes its pieces with it (``meksd.runtime.storedb``)."""
 
 Part = tuple[str, str, bytes]
 """(kind, key, value): a value is the JSON of one row, or a segment's sorted ids."""
@@ -267,7 +270,10 @@ def state_to_parts(
     States are persistent maps, so a row or segment unchanged since ``base`` is the
     same object: only those that are not (or are gone) are encoded, at a cost of one
     identity check per row of a map that changed at all. A sealed msgId segment never
-    changes, so it is written once; the open one is rewritten while it fills.
+    changes, so it is written once. The open one only grows: while it fills, each
+    write adds a piece with the ids it gained (at 500 events/s a flush writes ~125
+    ids, not the up to ~1,250 of the whole segment again); once sealed it is written
+    whole and its pieces are dropped.
     ``offset`` is added to streak times (``rebase_clock``) in what is encoded.
 
     Safe to call from a worker thread: states are immutable values.
@@ -286,11 +292,19 @@ def state_to_parts(
     before = segments(old.dedup) if base is not None else {}
     after = segments(state.dedup)
     for number, ids in after.items():
-        if before.get(number) is not ids:
-            # In the map's order, not sorted: a segment is a set, and the open one is
-            # rewritten at every flush while it fills (sorting it was most of a
-            # flush's cost at 25 rooms).
-            ups.append(("msgids", str(number), _dumps(list(ids)).encode()))
+        prior = before.get(number)
+        if prior is ids:
+            continue
+        if number == state.dedup.segment and prior is not None and len(prior) < len(ids):
+            gained = [i for i in ids if i not in prior]
+            if len(gained) == len(ids) - len(prior):  # it only grew: a piece will do
+                ups.append(("msgids", f"{number}.{len(prior)}", _dumps(gained).encode()))
+                continue
+        if prior is not None:
+            dels.append(("msgids", str(number)))  # its pieces go with it
+        # In the map's order, not sorted: a segment is a set (sorting the open one at
+        # every flush was most of a flush's cost at 25 rooms).
+        ups.append(("msgids", str(number), _dumps(list(ids)).encode()))
     dels.extend(("msgids", str(n)) for n in before if n not in after)
     return PartsWrite(_head(state, seq), tuple(ups), tuple(dels), full=base is None)
 
@@ -381,22 +395,31 @@ def state_from_parts(head: bytes, parts: Iterable[Part]) -> tuple[RoomState, int
     board: dict[str, object] = {}
     streaks: dict[str, list[object]] = {"streak": [], "closed": []}
     ids: dict[int, object] = {}
+    pieces: list[tuple[int, int, object, str]] = []
     for kind, key, value in parts:
         where = f"part {kind} {key[:60]!r}"
-        if kind not in ("leader", "streak", "closed") and not (
-            kind == "msgids" and key.isascii() and key.isdigit()
-        ):
+        segment_key = _segment_key(key) if kind == "msgids" else None
+        if kind not in ("leader", "streak", "closed") and segment_key is None:
             raise PersistError(f"unknown {where}")
         try:
             decoded = json.loads(value)
             if kind == "leader":
                 board[key] = decoded
-            elif kind == "msgids":
-                ids[int(key)] = decoded
+            elif segment_key is not None:
+                number, offset = segment_key
+                if offset is None:
+                    ids[number] = decoded
+                else:
+                    pieces.append((number, offset, decoded, where))
             else:
                 streaks[kind].append([json.loads(key), decoded])
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise PersistError(f"{where}: not JSON") from None
+    for number, _, decoded, where in sorted(pieces, key=lambda p: p[:2]):
+        whole = ids.get(number, [])
+        if type(whole) is not list or type(decoded) is not list:
+            raise PersistError(f"{where}: expected an array of msgIds")
+        ids[number] = whole + decoded
     segment = dedup["segment"]
     if type(segment) is int and any(n > segment for n in ids):
         raise PersistError(f"part msgids {max(ids)} is newer than segment {segment}")
@@ -412,6 +435,18 @@ def state_from_parts(head: bytes, parts: Iterable[Part]) -> tuple[RoomState, int
         },
     }
     return _structure_state(state), seq
+
+
+def _segment_key(key: str) -> tuple[int, int | None] | None:
+    """``N`` gives (N, None); a piece ``N.M`` gives (N, M); anything else None."""
+    number, dot, offset = key.partition(".")
+    if not (number.isascii() and number.isdigit()):
+        return None
+    if not dot:
+        return int(number), None
+    if not (offset.isascii() and offset.isdigit()):
+        return None
+    return int(number), int(offset)
 
 
 def parts_dump(head: bytes, parts: Iterable[Part]) -> bytes:

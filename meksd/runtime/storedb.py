@@ -72,9 +72,13 @@ __all__ = [
     "store_path",
 ]
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = ("1", "2")
-"""Schema versions this meksd reads; a writable open upgrades 1 to 2."""
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = ("1", "2", "3")
+"""Schema versions this meksd reads; a writable open upgrades 1 and 2 to 3.
+
+2 to 3 changes no table: from 3 on, the open msgId segment may be stored in pieces
+(``msgids`` keys ``N.M``, see ``meksd.core.persist``), which an older meksd would
+refuse room by room; the version makes it refuse the file instead."""
 
 STORE_FILE = "meksd.sqlite3"
 """The store's file name inside a state directory."""
@@ -400,6 +404,15 @@ def _write_room(conn: sqlite3.Connection, room: RoomWrite, *, clean: bool, saved
         conn.executemany(
             "DELETE FROM parts WHERE room_id = ? AND kind = ? AND key = ?",
             [(room.room_id, kind, key) for kind, key in parts.deletes],
+        )
+        # A msgId segment's pieces (keys "N.M") go with it: "N." <= key < "N/".
+        conn.executemany(
+            "DELETE FROM parts WHERE room_id = ? AND kind = 'msgids' AND key >= ? AND key < ?",
+            [
+                (room.room_id, f"{key}.", f"{key}/")
+                for kind, key in parts.deletes
+                if kind == "msgids"
+            ],
         )
     conn.executemany(
         "INSERT INTO parts (room_id, kind, key, value) VALUES (?, ?, ?, ?) "
