@@ -241,7 +241,7 @@ group]`` as JSON) and msgId segment (``msgids``, key the segment's number ``N``;
 Deleting the part ``msgids N`` deletes its pieces with it (``meksd.runtime.storedb``)."""
 
 Part = tuple[str, str, bytes]
-"""(kind, key, value): a value is the JSON of one row, or a segment's sorted ids."""
+"""(kind, key, value): a value is the JSON of one row, or of a segment's (or piece's) ids."""
 
 
 @attrs.frozen
@@ -416,7 +416,9 @@ def state_from_parts(head: bytes, parts: Iterable[Part]) -> tuple[RoomState, int
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise PersistError(f"{where}: not JSON") from None
     for number, _, decoded, where in sorted(pieces, key=lambda p: p[:2]):
-        whole = ids.get(number, [])
+        if number not in ids:
+            raise PersistError(f"{where}: a piece of segment {number}, which is missing")
+        whole = ids[number]
         if type(whole) is not list or type(decoded) is not list:
             raise PersistError(f"{where}: expected an array of msgIds")
         ids[number] = whole + decoded
