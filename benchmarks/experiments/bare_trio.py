@@ -23,7 +23,6 @@ import asyncio
 import os
 import resource
 import socket
-import subprocess
 import sys
 import time
 
@@ -122,13 +121,13 @@ async def run(kind: str, seconds: float) -> float:
     """CPU seconds per event of one server run."""
     two = (os.cpu_count() or 1) >= 2
     pin = (lambda: os.sched_setaffinity(0, {0})) if two else None
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.experiments.bare_trio", "--server", kind, str(seconds)],
-        stdout=subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "benchmarks.experiments.bare_trio", "--server", kind, str(seconds)],
+        stdout=asyncio.subprocess.PIPE,
         preexec_fn=pin,
     )
     assert proc.stdout is not None
-    ports = (await asyncio.to_thread(proc.stdout.readline)).split()
+    ports = (await proc.stdout.readline()).split()
     feed_port, reader_port = int(ports[0]), int(ports[1])
     writers = []
     for _ in range(ROOMS):
@@ -155,8 +154,8 @@ async def run(kind: str, seconds: float) -> float:
             for w in writers[:ROOMS]:
                 w.write(b"%d " % sent + PAYLOAD + b"\n")
         await asyncio.sleep(0.001)
-    cpu = float((await asyncio.to_thread(proc.stdout.read)).split()[-1])
-    proc.wait()
+    cpu = float((await proc.stdout.read()).split()[-1])
+    await proc.wait()
     for w in writers:
         w.close()
     for task in drains:
