@@ -568,6 +568,37 @@ def test_the_open_msgid_segment_is_stored_in_pieces_dropped_when_it_seals(
         db.close()
 
 
+def test_a_schema_2_store_reads_as_is_and_is_marked_3_when_opened_for_writing(
+    tmp_path: Path,
+) -> None:
+    """Schema 3 adds no table, only msgId pieces: a schema-2 file (whole segments) reads
+    unchanged, stays 2 when opened read-only, and is marked 3 by a writable open."""
+    path = tmp_path / "s.sqlite3"
+    state = new_room("a", "e", RoomConfig(dedup_window=32))
+    state, _ = reduce(state, [ChatMessage(f"m{i}", User("u"), "hi", 0.0, 0) for i in range(5)])
+    db = StoreDB.open(path)
+    db.write([RoomWrite("a", "e", 1, state_to_parts(state, 1))])
+    db.close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    conn.commit()
+    conn.close()
+    old = StoreDB.open(path, readonly=True)
+    try:
+        assert old.schema == "2"
+        stored = old.room("a")
+        assert stored is not None and stored.decode() == (state, 1)
+    finally:
+        old.close()
+    db = StoreDB.open(path)
+    try:
+        assert db.schema == str(SCHEMA_VERSION) == "3"
+        stored = db.room("a")
+        assert stored is not None and stored.decode() == (state, 1)
+    finally:
+        db.close()
+
+
 async def test_a_version_1_store_is_read_and_upgraded(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:

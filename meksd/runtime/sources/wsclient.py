@@ -142,10 +142,9 @@ class FeedConnection:
 
         A checkpoint (each read from the socket is one, see :meth:`_receive`), except
         for messages that came in the same read as the handshake's answer and for a
-        read right after :meth:`after_wait`. Text
-        messages are ``str``, binary ones ``bytes``, as sent. Raises
-        :class:`FeedClosed` when the connection ends; a message larger than
-        ``max_message_bytes`` closes it with 1009 first.
+        read right after :meth:`after_wait`. Text messages are ``str``, binary ones
+        ``bytes``, as sent. Raises :class:`FeedClosed` when the connection ends; a
+        message larger than ``max_message_bytes`` closes it with 1009 first.
         """
         messages: list[str | bytes] = []
         waited, self._waited = self._waited, False
