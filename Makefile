@@ -19,12 +19,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check meksd tests
-	$(BIN)/ruff check meksd tests
+	$(BIN)/ruff format --check meksd tests benchmarks
+	$(BIN)/ruff check meksd tests benchmarks
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff format meksd tests
+	$(BIN)/ruff format meksd tests benchmarks
 	$(BIN)/ruff check --fix meksd tests
 
 # `make bench` (< 15 min) or `make bench ARGS=--quick` (< 2 min); see BENCHMARKS.md.

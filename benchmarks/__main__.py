@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only meksd,meksd-msgpack,node-batched,...,rooms,profile]``."""
+"""``python -m benchmarks [--quick] [--only meksd,node-batched,...,split,rooms,profile]``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument(
         "--only",
         help="comma-separated: meksd, meksd-msgpack, node-batched, node-event, py-websockets, "
-        "rooms, profile",
+        "split, rooms, profile",
     )
     ap.add_argument("--profile-seconds", type=float, help="py-spy run length (0: skip)")
     ap.add_argument(
@@ -62,7 +62,7 @@ def main() -> None:
             with open(run.RESULTS / f"{prof.name}.json") as f:
                 old = json.load(f)
             old["servers"].update(results["servers"])
-            for key in ("rooms", "rooms_peers", "profile_run"):
+            for key in ("split", "rooms", "rooms_peers", "profile_run"):
                 if key in results:
                     old[key] = results[key]
             old.setdefault("reruns", []).append(

@@ -79,6 +79,53 @@ def ratio_lines(servers: dict[str, Any], key: str) -> list[str]:
     return ["| ratio | server CPU | p99 | max |", "|---|---:|---:|---:|", *out]
 
 
+def _cpu_parts(r: dict[str, Any]) -> str:
+    if "server_user_pct" not in r:
+        return "–"
+    return f"{r['server_user_pct']:.1f} + {r['server_system_pct']:.1f}"
+
+
+def split_lines(servers: dict[str, Any], split: dict[str, Any] | None, n: int) -> list[str]:
+    """Point 1's CPU split in the per-event pipeline (the one-dashboard run) and the
+    fan-out (what the other ``n - 1`` dashboards add), per server, and meksd's ratios."""
+    rows = [
+        f"| server | point 1 ({n} dashboards) | 1 dashboard: the pipeline "
+        f"| the other {n - 1}: the fan-out | user + system, point 1 | user + system, 1 dashboard |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    parts: dict[str, tuple[float, float]] = {}
+    for kind, one in (split or {}).items():
+        full = servers.get(kind, {}).get("p1")
+        if not one or "error" in one or not full:
+            continue
+        pipeline = one["server_cpu_pct"]
+        fan_out = full["server_cpu_pct"] - pipeline
+        parts[kind] = (pipeline, fan_out)
+        rows.append(
+            f"| {kind} | {full['server_cpu_pct']:.1f} | {pipeline:.1f} | {fan_out:.1f} "
+            f"| {_cpu_parts(full)} | {_cpu_parts(one)} |"
+        )
+    if not parts:
+        return []
+    m = parts.get("meksd")
+    if m is not None:
+        for kind, (pipeline, fan_out) in parts.items():
+            if kind != "meksd":
+                rows.append(
+                    f"| meksd / {kind} | | {_ratio(m[0], pipeline)} | {_ratio(m[1], fan_out)} | | |"
+                )
+    return [
+        "### Where point 1's CPU goes",
+        "",
+        *rows,
+        "",
+        "CPU % of one core. The pipeline: the same feed with one dashboard (reading, "
+        "parsing, applying, encoding, one send per publish); the fan-out: point 1's CPU "
+        "less that. Separate runs: each part carries one run's noise. System time includes "
+        "loopback TCP's receive side, which runs in the sender's time.",
+    ]
+
+
 def ceiling_table(servers: dict[str, Any]) -> list[str]:
     rows = [
         "| server | ceiling ev/s (p99 ≤ 50 ms, nothing lost) | first failing level | why "
@@ -316,6 +363,8 @@ def markdown(results: dict[str, Any], png: Path | None) -> str:
         "ended (late or lost); resynced: covered by `lagged` + snapshot. Latency is feed "
         "send → dashboard receive; percentiles from the fully parsed dashboards, max from "
         "every dashboard. CPU is % of one core over the phase.",
+        "",
+        *split_lines(servers, results.get("split"), prof["dashboards"]),
         "",
         *msgpack_lines(servers),
         "",

@@ -30,7 +30,7 @@ from benchmarks import servers
 RESULTS = servers.ROOT / "benchmarks" / "results"
 OUT = servers.ROOT / "benchmarks" / "out"
 
-P1, BURST, CEILING0, P3, PROFILE = 1, 2, 10, 30, 40
+P1, BURST, CEILING0, P3, PROFILE, SPLIT = 1, 2, 10, 30, 40, 50
 MEKSD_SRC: Path | None = None
 """Where the meksd under test is imported from (None: this working tree)."""
 MSGPACK_KIND = "meksd-msgpack"
@@ -60,6 +60,9 @@ class Profile:
     profile_s: float
     msgpack_p1_s: float
     """Point 1 of the ``meksd-msgpack`` run (a rate: shorter than ``p1_s`` is enough)."""
+    split_s: float
+    """Point 1's rate with one dashboard, per ``SPLIT_SERVERS`` (0: skip): what the
+    per-event pipeline costs without the fan-out (see :func:`split_session`)."""
     ceiling_servers: tuple[str, ...] = ("meksd", "node-event")
 
 
@@ -83,6 +86,7 @@ FULL = Profile(
     p3_s=60,
     profile_s=30,
     msgpack_p1_s=60,
+    split_s=30,
 )
 QUICK = Profile(
     name="quick",
@@ -104,6 +108,7 @@ QUICK = Profile(
     p3_s=6,
     profile_s=0,
     msgpack_p1_s=8,
+    split_s=0,
 )
 
 
@@ -125,19 +130,23 @@ class Meter:
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
         self._t0 = 0.0
-        self._c0 = 0.0
-
-    def cpu_seconds(self) -> float:
-        t = self.proc.cpu_times()
-        return t.user + t.system
+        self._user0 = self._system0 = 0.0
+        self.user_pct = self.system_pct = 0.0
+        """The last window's split of :meth:`stop`'s answer: user space, and the kernel
+        (the sends and loopback TCP, whose receive side runs in the sender's time)."""
 
     def start(self) -> None:
+        t = self.proc.cpu_times()
         self._t0 = time.monotonic()
-        self._c0 = self.cpu_seconds()
+        self._user0, self._system0 = t.user, t.system
 
     def stop(self) -> float:
-        """CPU % of one core since :meth:`start`."""
-        return 100 * (self.cpu_seconds() - self._c0) / max(time.monotonic() - self._t0, 1e-9)
+        """CPU % of one core since :meth:`start` (user + system)."""
+        t = self.proc.cpu_times()
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        self.user_pct = 100 * (t.user - self._user0) / elapsed
+        self.system_pct = 100 * (t.system - self._system0) / elapsed
+        return self.user_pct + self.system_pct
 
     def peak_rss_mb(self) -> float:
         try:
@@ -282,6 +291,8 @@ async def play_phase(
     out["feed_disconnects"] = feed.disconnects
     out["feed_stalls"] = feed.stalls
     out["server_cpu_pct"] = server_cpu
+    out["server_user_pct"] = smeter.user_pct
+    out["server_system_pct"] = smeter.system_pct
     out["client_cpu_pct"] = client_cpu
     out["deliveries_per_s"] = out["deliveries"] / max(played["seconds"], 1e-9)
     out["open_conns"] = report["open"]
@@ -389,6 +400,45 @@ async def single_room_session(kind: str, prof: Profile, out: Path, log: Any) -> 
         await server.stop()
         await feed.close()
     return result
+
+
+SPLIT_SERVERS = ("meksd", "node-batched")
+"""The servers point 1 is split for (meksd and the peer its target names)."""
+
+
+async def split_session(kind: str, prof: Profile, out: Path, log: Any) -> dict[str, Any]:
+    """Point 1's feed with one dashboard: the per-event pipeline's cost.
+
+    With the point-1 run of the same server it splits point 1's CPU in two: what one
+    dashboard costs (reading, parsing, applying, encoding; the publishes' fixed part)
+    and what the other ``dashboards - 1`` add (the fan-out). The two are measured in
+    separate runs, so each part carries the run-to-run noise of one run.
+    """
+    server_cpu, client_cpu = cpus()
+    feed = feedmod.FeedServer()
+    await feed.start()
+    server = await servers.start(
+        kind, feed_urls=[feed.url(0)], rooms=["bench0"], out=out / f"{kind}-split",
+        cpu=server_cpu, meksd_src=MEKSD_SRC,
+    )  # fmt: skip
+    client = None
+    try:
+        await feed.wait_for(1, 30)
+        client = await Client.start(
+            server, ["bench0"], 1, 1, cpu=client_cpu, series=None, estimate_msgpack=False
+        )
+        await asyncio.sleep(0.5)
+        log(f"  {kind}: point 1 with one dashboard, {prof.p1_rate:g} ev/s for {prof.split_s:g}s")
+        r = await play_phase(
+            feed, feedmod.steady(SPLIT, prof.p1_rate, prof.split_s), server, client, prof.drain_s
+        )
+        await client.ask("final", {})
+        return r
+    finally:
+        if client is not None:
+            await client.stop()
+        await server.stop()
+        await feed.close()
 
 
 ROOMS_SERVERS = ("meksd", "node-batched")
@@ -573,6 +623,15 @@ async def run(prof: Profile, only: list[str] | None, log: Any) -> dict[str, Any]
     for kind in kinds:
         log(f"[{time.monotonic() - t0:5.0f}s] {kind}")
         results["servers"][kind] = await guarded(kind, single_room_session(kind, prof, out, log))
+    if prof.split_s > 0 and (only is None or "split" in only):
+        results["split"] = {}
+        for kind in SPLIT_SERVERS:
+            if kind.startswith("node") and not node_ok(log):
+                continue
+            log(f"[{time.monotonic() - t0:5.0f}s] point 1 split: {kind}")
+            results["split"][kind] = await guarded(
+                f"point 1 split ({kind})", split_session(kind, prof, out, log)
+            )
     if only is None or "rooms" in only:
         # meksd's under "rooms" (as before), the peers' under "rooms_peers".
         results["rooms_peers"] = {}
