@@ -210,15 +210,15 @@ async def test_a_busy_room_takes_one_step_per_tick(
     assert actor.counters.deltas <= 40 * 0.001 / 0.016 + 2, "one delta per tick at most"
 
 
-@pytest.mark.parametrize(("tick_s", "lead"), [(0.1, 0.004), (0.006, 0.003)])
-async def test_read_after_is_the_next_tick_minus_the_lead_while_a_delta_waits(
-    tick_s: float, lead: float, autojump_clock: trio.testing.MockClock
+async def test_read_after_is_the_next_tick_once_a_delta_carried_several_events(
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """-inf while nothing waits (before any event, after the leading-edge publish, after
-    the trailing one); while a delta waits for its tick, the tick minus 4 ms (half the
-    tick when that is shorter), which comes before the publish."""
+    """-inf before any event and while each delta carries one event (a quiet room
+    reads at once); once a delta carried several (a busy room), the room's next tick,
+    which is in the past once the tick is over."""
+    tick_s = 0.016
     initial, feed, send, actor, _ = actor_rig(tick_s)
-    events = make_events(2)
+    events = make_events(4)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor.run)
         await trio.sleep(0.0001)
@@ -227,19 +227,96 @@ async def test_read_after_is_the_next_tick_minus_the_lead_while_a_delta_waits(
         await send.send(events[0])
         await trio.sleep(0.0001)
         assert feed.seq == 1, "leading edge: published at once"
-        assert actor.read_after() == -math.inf, "nothing waits after the publish"
+        assert actor.read_after() == -math.inf, "one event: the room reads at once"
         await send.send(events[1])
+        await send.send(events[2])
         await trio.sleep(0.0001)
         assert feed.seq == 1, "held for the tick"
-        read_at = actor.read_after()
-        assert read_at == pytest.approx(first_at + tick_s - lead)
-        await trio.sleep_until(read_at)
-        assert feed.seq == 1, "the read comes before the publish"
-        await trio.sleep_until(first_at + tick_s + 0.0001)
-        assert feed.seq == 2, "trailing edge"
         assert actor.read_after() == -math.inf
+        await trio.sleep_until(first_at + tick_s + 0.0001)
+        assert feed.seq == 2, "trailing edge: one delta for both"
+        assert actor.read_after() == pytest.approx(first_at + 2 * tick_s), "busy: the next tick"
+        await trio.sleep(tick_s)
+        assert actor.read_after() < trio.current_time(), "the tick is over: read at once"
+        await send.send(events[3])
+        await trio.sleep(0.0001)
+        assert feed.seq == 3, "leading edge again"
+        assert actor.read_after() == -math.inf, "one event: quiet again"
         nursery.cancel_scope.cancel()
     assert feed.state == reduce(initial, events)[0]
+
+
+async def test_a_busy_room_publishes_the_batch_its_source_reads_at_the_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """In a busy room a source holds its reads until read_after and hands the batch
+    over at the tick; the step that takes it publishes it at once, and the next tick is
+    on the grid (one tick after the one that was due, though the batch came late)."""
+    tick_s = 0.016
+    initial, feed, send, actor, _ = actor_rig(tick_s)
+    events = make_events(8)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor.run)
+        start = trio.current_time()
+        await send.send(events[0])  # a leading edge, then two held: the room is busy
+        await trio.sleep(0.0001)
+        await send.send(events[1])
+        await send.send(events[2])
+        await trio.sleep_until(start + tick_s + 0.0001)
+        assert feed.seq == 2
+        due = actor.read_after()
+        assert due == pytest.approx(start + 2 * tick_s)
+        # A source woken at the tick, 3 ms late (a slow wake-up, a long batch).
+        await trio.sleep_until(due + 0.003)
+        for event in events[3:6]:
+            send.send_nowait(event)
+        await trio.sleep(0.0001)
+        assert feed.seq == 3, "published by the step that took the batch"
+        assert actor.read_after() == pytest.approx(due + tick_s), "the grid, not now + tick"
+        # An idle room's leading edge starts a new grid.
+        await trio.sleep(1.0)
+        idle_at = trio.current_time()
+        send.send_nowait(events[6])
+        send.send_nowait(events[7])
+        await trio.sleep(0.0001)
+        assert feed.seq == 4
+        assert actor.read_after() == pytest.approx(idle_at + tick_s)
+        nursery.cancel_scope.cancel()
+    assert feed.state == reduce(initial, events)[0]
+
+
+async def test_a_batch_read_at_the_tick_joins_the_delta_that_waits_for_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A busy room's actor holding a delta (a command, or an event from a source that
+    does not hold its reads) wakes at the same instant as the sources reading at the
+    tick: what they read then is published with it, not a tick later."""
+    tick_s = 0.016
+    initial, feed, send, actor, _ = actor_rig(tick_s)
+    events = make_events(6)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor.run)
+        start = trio.current_time()
+        await send.send(events[0])
+        await trio.sleep(0.0001)
+        await send.send(events[1])
+        await send.send(events[2])
+        await trio.sleep_until(start + tick_s + 0.0001)
+        assert feed.seq == 2
+        await send.send(events[3])  # held by the actor until the tick
+        await trio.sleep(0.0001)
+        assert not actor.owned.pending.empty
+
+        async def source() -> None:
+            await trio.sleep_until(actor.read_after())
+            for event in events[4:]:
+                send.send_nowait(event)
+
+        nursery.start_soon(source)
+        await trio.sleep_until(start + 2 * tick_s + 0.0001)
+        assert feed.seq == 3, "one delta at the tick"
+        assert feed.state == reduce(initial, events)[0], "with the batch read at the tick"
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_room_with_a_long_tick_does_not_hold_reads(
@@ -250,7 +327,7 @@ async def test_a_room_with_a_long_tick_does_not_hold_reads(
     most of a long tick."""
     tick_s = READ_HOLD_MAX_TICK_S * 2
     _initial, feed, send, actor, _ = actor_rig(tick_s)
-    events = make_events(2)
+    events = make_events(3)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor.run)
         await send.send(events[0])
@@ -261,8 +338,10 @@ async def test_a_room_with_a_long_tick_does_not_hold_reads(
         assert feed.seq == 1, "the second event waits for the tick"
         assert not actor.owned.pending.empty
         assert actor.read_after() == -math.inf
+        await send.send(events[2])
         await trio.sleep(tick_s)
         assert feed.seq == 2
+        assert actor.read_after() == -math.inf, "busy, but the tick is too long to hold reads"
         nursery.cancel_scope.cancel()
 
 

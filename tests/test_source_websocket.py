@@ -253,8 +253,9 @@ async def test_reads_wait_for_read_after_and_what_waited_is_read_in_one_batch(
 ) -> None:
     """With Pacing.read_after at 1.0, messages sent at 0.1..0.5 are not pushed before
     1.0, then come in one send_batch, in order, stamped 1.0. Once the hold is past,
-    messages are read as they come. read_after is asked again before every read: moved
-    to 5.0, it holds what follows the read already waiting."""
+    messages are read as they come. read_after is asked again once the socket has
+    bytes: moved to 5.0 while the source waited on its socket, it holds the message
+    that woke it (3.0) with those after it."""
     hold_until = 1.0
     sends = {"a": [0.1, 0.2, 0.3, 0.4, 0.5], "b": [2.0, 2.1], "c": [3.0], "d": [3.5, 4.0]}
     timeline = sorted((t, f"{group}{i}") for group, ts in sends.items() for i, t in enumerate(ts))
@@ -289,8 +290,7 @@ async def test_reads_wait_for_read_after_and_what_waited_is_read_in_one_batch(
         (["a0", "a1", "a2", "a3", "a4"], {1.0}),
         (["b0"], {2.0}),
         (["b1"], {2.1}),
-        (["c0"], {3.0}),
-        (["d0", "d1"], {5.0}),
+        (["c0", "d0", "d1"], {5.0}),
     ]
     first = sink.calls[0]
     assert all(r.received_at >= 1.0 for r in first)

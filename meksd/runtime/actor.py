@@ -1,20 +1,24 @@
 """The room actor: sole owner of a room's state.
 
-The loop has exactly one ``await``: taking the next item from the inbox, or, while
-changes wait for the next tick, sleeping until it. Everything after it — draining
+The loop awaits only at its top: taking the next item from the inbox, or, while
+changes wait for the next tick, sleeping until it. Everything after that — draining
 what is queued, reducing, expiring streaks, encoding and publishing — is one
 synchronous step. A cancellation therefore lands either before
 an event is taken (it stays in the channel) or after it is fully applied; there is
 no state in between (see ``tests/test_actor_cancel.py``).
 
 Publishing is coalesced per tick with a leading and a trailing edge: an idle room
-publishes at once; a busy one at most once per ``tick_s``. While a busy room waits
-for its tick, events stay in the inbox (bounded, so backpressure still reaches the
-source) and are reduced together right before the publish: a room at 500 events/s
-takes about 60 steps a second instead of 500, and so do the commands and probes that
-wait behind them (an operator's ack waits at most one tick). The changes waiting for
-the next tick (``pending``) are swapped together with the state, as one
-:class:`Owned` value, so a restarted actor publishes them rather than losing them.
+publishes at once; a busy one at most once per ``tick_s``. Within a tick of a
+publish, a busy room's push sources do not read (:meth:`RoomActor.read_after`): the
+feed's bytes wait in the kernel and are read, normalized and handed over in one
+batch at the tick, and the step that takes that batch publishes it. A room at 500
+events/s takes about 60 steps a second instead of 500, and its process wakes about
+once or twice per tick instead of once per event. Events that arrive while a delta
+waits (in a quieter room, whose sources read at once) stay in the inbox (bounded,
+so backpressure still reaches the source) and are reduced together right before the
+publish; commands and probes wait at most one tick. The changes waiting for the
+next tick (``pending``) are swapped together with the state, as one :class:`Owned`
+value, so a restarted actor publishes them rather than losing them.
 """
 
 from __future__ import annotations
@@ -42,10 +46,6 @@ from meksd.runtime.stats import RoomCounters
 
 MAX_BATCH = 512
 """Most events reduced in one step; bounds the time one step holds the loop."""
-READ_LEAD_S = 0.004
-"""How long before a busy room's tick its push sources read again (see
-:meth:`RoomActor.read_after`): enough to read, normalize and queue a tick's worth of
-messages before the publish takes them."""
 READ_HOLD_MAX_TICK_S = 0.1
 """Reads are held only while the tick is at most this long: a room configured with a
 long tick reads as events come, so a fast feed never waits on the kernel's socket
@@ -128,6 +128,10 @@ class RoomActor:
         """The operators' buckets for ``reply_limit`` (the room's, so that they outlive a
         restart of the actor); only the actor touches them, synchronously."""
         self._next_publish = -math.inf
+        self._applied_since_publish = 0
+        self._hold_reads = False
+        """Whether the last publish carried more than one event: a busy room, whose
+        sources read at the tick (see :meth:`read_after`)."""
         self._log = logger.bind(room=owned.state.room_id)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -140,6 +144,12 @@ class RoomActor:
                 # inbox and is applied in one batch right before the publish, one step
                 # per tick instead of one per event.
                 await trio.sleep_until(self._deadline())
+                if self._hold_reads:
+                    # The room's sources wake at this same instant to read what the
+                    # feed sent during the tick (read_after): one more turn of the
+                    # loop lets them hand it over, so that this step publishes it with
+                    # the rest instead of holding it for another tick.
+                    await trio.lowlevel.checkpoint()
             else:
                 deadline = self._deadline()
                 try:
@@ -160,17 +170,23 @@ class RoomActor:
         return not self.owned.pending.empty and trio.current_time() < self._next_publish
 
     def read_after(self) -> float:
-        """When the room's push sources should read their next message.
+        """When the room's push sources should read their next messages.
 
-        While a delta waits for its tick, what they would read now would only wait in
-        the inbox: they read it shortly before the tick instead, all at once, so a room
-        at 500 events/s wakes the process about twice per tick, not once per event.
-        ``-inf`` (read now) while nothing waits, or when the tick is longer than
-        ``READ_HOLD_MAX_TICK_S``.
+        In a busy room (its last delta carried more than one event), the next tick:
+        whatever they read within a tick of a publish would only be held for the tick
+        (the trailing edge), so they leave it in the kernel and read it at the tick,
+        all at once, and the step that takes it publishes it. A room at 500 events/s
+        then wakes the process about once per tick, not once per event, and its
+        events wait no longer than before. Once the tick is over, the time returned is
+        past: they read at once, the leading edge.
+
+        ``-inf`` (read at once) in a room whose deltas carry one event each (a
+        quieter feed: holding its reads would save nothing and cost a timer each), and
+        when the tick is longer than ``READ_HOLD_MAX_TICK_S``.
         """
-        if self.owned.pending.empty or self.tick_s > READ_HOLD_MAX_TICK_S:
+        if not self._hold_reads or self.tick_s > READ_HOLD_MAX_TICK_S:
             return -math.inf
-        return self._next_publish - min(READ_LEAD_S, self.tick_s / 2)
+        return self._next_publish
 
     def _deadline(self) -> float:
         owned = self.owned
@@ -261,6 +277,7 @@ class RoomActor:
         if not events:
             return state, pending, since
         self.counters.events += len(events)
+        self._applied_since_publish += len(events)
         state, delta = self._reduce(state, events)
         return state, merge(pending, delta), min(since, min(e.received_at for e in events))
 
@@ -383,4 +400,11 @@ class RoomActor:
         feed.publish(seq, body, owned.state, owned.pending_since)
         self.owned = Owned(owned.state)
         self.counters.deltas += 1
-        self._next_publish = now + self.tick_s
+        # A busy room keeps to a grid of ticks: its publish comes a little after the
+        # tick was due (the wake-up, and the batch its sources read at the tick), and
+        # the next tick is one tick after this one was due, not after it came. An idle
+        # room's leading edge starts a new grid.
+        due = self._next_publish
+        self._next_publish = (due if now - due < self.tick_s else now) + self.tick_s
+        self._hold_reads = self._applied_since_publish > 1
+        self._applied_since_publish = 0

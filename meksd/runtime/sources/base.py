@@ -150,8 +150,8 @@ class Pacing:
     ended_backoff_s: float = 60.0
     read_after: Callable[[], float] = _now_or_earlier
     """When a push source should read its next message (``trio.current_time()``
-    clock; ``-inf``: now). The room's actor sets it while a delta waits for its
-    tick: what arrives meanwhile is read in one batch just before the tick instead of
+    clock; ``-inf`` or a past time: now). The room's actor says its next tick: what
+    arrives within a tick of a publish is read in one batch at the tick instead of
     one wake-up per message (see :meth:`before_read`)."""
 
     async def before_read(self) -> bool:

@@ -2,8 +2,8 @@
 
 Each WebSocket message (text or binary) becomes one ``RawRecord``, pushed untouched,
 in order. Messages are read a batch at a time (:mod:`meksd.runtime.sources.wsclient`)
-and, while the room's actor holds a delta for its tick, not before shortly ahead of
-that tick (:meth:`~meksd.runtime.sources.base.Pacing.before_read`).
+and, within a tick of the room's last publish, not before the room's next tick
+(:meth:`~meksd.runtime.sources.base.Pacing.before_read`).
 When the connection cannot be opened or drops, the source waits with exponential
 backoff and full jitter (a delay drawn uniformly from ``[0, min(backoff_max_s,
 backoff_initial_s · 2^n)]`` after the n-th consecutive failure) and connects again.
@@ -176,7 +176,14 @@ class WebsocketSource:
         self._meter.state = "connected"
         self._log.bind(event="source_connected").info("connected to {url}", url=cfg.url)
         while True:  # ends with FeedClosed (or a stream error): _describe says why
-            if await self._pacing.before_read():
+            # Read when the room wants the messages (its next tick, see
+            # Pacing.before_read), asked again once the feed has sent something: the
+            # room may have published, and moved its tick, while this task waited.
+            waited = await self._pacing.before_read()
+            if await conn.wait_readable():
+                await self._pacing.before_read()
+                waited = True
+            if waited:
                 conn.after_wait()
             messages = await conn.receive_messages()
             try:

@@ -5,10 +5,10 @@ BENCHMARKS.md): its public API hands over one message per ``get_message``, from 
 reader task through a one-slot channel, so every message costs the process two task
 switches and, at 500 messages a second, a wake-up of its own. A room's actor only
 needs its events at the next publish tick, so this client reads whatever the socket
-holds in one ``receive_some`` and returns every complete message in it: with
-:meth:`meksd.runtime.sources.base.Pacing.before_read` holding reads until shortly
-before the tick, a busy room's feed costs about two wake-ups per tick instead of one
-per message (``docs/architecture.md``, "Feed reads").
+holds in one read and returns every complete message in it: with
+:meth:`meksd.runtime.sources.base.Pacing.before_read` holding reads until the room's
+next tick, a busy room's feed costs about one wake-up per tick instead of one per
+message (``docs/architecture.md``, "Feed reads").
 
 The handshake and all parsing (fragments, control frames, UTF-8, close codes) are
 wsproto's; this module only moves bytes and enforces ``max_message_bytes``. It runs
@@ -130,6 +130,21 @@ class FeedConnection:
                 self._ws.receive_data(bytes(data))
             except RemoteProtocolError as exc:
                 raise FeedHandshakeError(f"bad handshake response: {exc}") from None
+
+    async def wait_readable(self) -> bool:
+        """Wait until the socket has bytes, if :meth:`receive_messages` would wait for
+        them; whether it waited (then it was a checkpoint, and the read that follows
+        takes the bytes at once: see :meth:`after_wait`).
+
+        Returns False at once when there is something to take without waiting (bytes
+        wsproto has not parsed, an end to report, a last read that filled its buffer)
+        or when the connection is not a plain TCP socket (TLS: its stream is read
+        with ``receive_some``, which waits by itself).
+        """
+        if self._unparsed or self._closed is not None or self._fd is None or not self._drained:
+            return False
+        await trio.lowlevel.wait_readable(self._fd)
+        return True
 
     def after_wait(self) -> None:
         """The caller has just waited (a checkpoint) for bytes that should be there by
