@@ -14,7 +14,14 @@ from meksd.core.reduce import new_room, reduce
 from meksd.core.wire import apply_delta, delta_message, snapshot_message
 from meksd.model.events import ChatMessage, Event, GiftSent, User
 from meksd.model.state import RoomConfig, RoomState
-from meksd.runtime.actor import READ_HOLD_MAX_TICK_S, InboxItem, Owned, Probe, RoomActor
+from meksd.runtime.actor import (
+    GRID_SLACK_S,
+    READ_HOLD_MAX_TICK_S,
+    InboxItem,
+    Owned,
+    Probe,
+    RoomActor,
+)
 from meksd.runtime.hub import RoomFeed
 from meksd.runtime.stats import RoomCounters
 
@@ -266,21 +273,22 @@ async def test_a_busy_room_publishes_the_batch_its_source_reads_at_the_tick(
         assert feed.seq == 2
         due = actor.read_after()
         assert due == pytest.approx(start + 2 * tick_s)
-        # A source woken at the tick, 3 ms late (a slow wake-up, a long batch).
-        await trio.sleep_until(due + 0.003)
+        # A source woken at the tick, 1.5 ms late (a slow wake-up, a long batch).
+        await trio.sleep_until(due + 0.0015)
         for event in events[3:6]:
             send.send_nowait(event)
         await trio.sleep(0.0001)
         assert feed.seq == 3, "published by the step that took the batch"
         assert actor.read_after() == pytest.approx(due + tick_s), "the grid, not now + tick"
-        # An idle room's leading edge starts a new grid.
-        await trio.sleep(1.0)
-        idle_at = trio.current_time()
+        # A batch more than GRID_SLACK_S after its tick is a leading edge: a new grid,
+        # so that the next delta is a whole tick later.
+        late_at = due + tick_s + GRID_SLACK_S + 0.001
+        await trio.sleep_until(late_at)
         send.send_nowait(events[6])
         send.send_nowait(events[7])
         await trio.sleep(0.0001)
         assert feed.seq == 4
-        assert actor.read_after() == pytest.approx(idle_at + tick_s)
+        assert actor.read_after() == pytest.approx(late_at + tick_s)
         nursery.cancel_scope.cancel()
     assert feed.state == reduce(initial, events)[0]
 

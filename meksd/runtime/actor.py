@@ -46,6 +46,12 @@ from meksd.runtime.stats import RoomCounters
 
 MAX_BATCH = 512
 """Most events reduced in one step; bounds the time one step holds the loop."""
+GRID_SLACK_S = 0.002
+"""How late a publish may come after its tick and still keep the room on its grid of
+ticks (see :meth:`RoomActor._publish`): a busy room's publish comes about this little
+after the tick (the wake-up, and the batch its sources read at the tick). A later one
+is an idle room's leading edge and starts a new grid, so that two deltas are never
+less than a tick minus this apart."""
 READ_HOLD_MAX_TICK_S = 0.1
 """Reads are held only while the tick is at most this long: a room configured with a
 long tick reads as events come, so a fast feed never waits on the kernel's socket
@@ -402,9 +408,10 @@ class RoomActor:
         self.counters.deltas += 1
         # A busy room keeps to a grid of ticks: its publish comes a little after the
         # tick was due (the wake-up, and the batch its sources read at the tick), and
-        # the next tick is one tick after this one was due, not after it came. An idle
-        # room's leading edge starts a new grid.
+        # the next tick is one tick after this one was due, not after it came. A later
+        # publish (an idle room's leading edge) starts a new grid.
         due = self._next_publish
-        self._next_publish = (due if now - due < self.tick_s else now) + self.tick_s
+        on_grid = 0 <= now - due <= min(GRID_SLACK_S, self.tick_s / 4)
+        self._next_publish = (due if on_grid else now) + self.tick_s
         self._hold_reads = self._applied_since_publish > 1
         self._applied_since_publish = 0
