@@ -17,6 +17,8 @@ from meksd.model.state import RoomConfig, RoomState
 from meksd.runtime.actor import (
     GRID_SLACK_S,
     READ_HOLD_MAX_TICK_S,
+    READ_LEAD_EVENTS,
+    READ_LEAD_S,
     InboxItem,
     Owned,
     Probe,
@@ -325,6 +327,47 @@ async def test_a_batch_read_at_the_tick_joins_the_delta_that_waits_for_it(
         assert feed.seq == 3, "one delta at the tick"
         assert feed.state == reduce(initial, events)[0], "with the batch read at the tick"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_bursting_room_reads_the_bulk_ahead_of_its_tick_and_the_rest_at_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After a delta of READ_LEAD_EVENTS or more, the sources read READ_LEAD_S before
+    the tick (the bulk is reduced before the publish, which is not held up by it), and
+    what comes after that at the tick, published with the bulk in one delta."""
+    tick_s = 0.016
+    initial, feed, send, actor, _ = actor_rig(tick_s)
+    events = make_events(3 * READ_LEAD_EVENTS + 1)
+    burst = READ_LEAD_EVENTS
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(actor.run)
+        start = trio.current_time()
+        await send.send(events[0])
+        await trio.sleep(0.0001)
+        for event in events[1 : 1 + burst]:
+            send.send_nowait(event)
+        await trio.sleep_until(start + tick_s + 0.0001)
+        assert feed.seq == 2, "the burst in one delta at the tick"
+        tick = start + 2 * tick_s
+        assert actor.read_after() == pytest.approx(tick - READ_LEAD_S), "the bulk: ahead"
+        await trio.sleep_until(tick - READ_LEAD_S)
+        for event in events[1 + burst : 1 + 2 * burst]:
+            send.send_nowait(event)
+        await trio.sleep(0.0001)
+        assert feed.seq == 2, "reduced, held for the tick"
+        assert not actor.owned.pending.empty
+        assert actor.read_after() == pytest.approx(tick), "the rest: at the tick"
+
+        async def source() -> None:
+            await trio.sleep_until(actor.read_after())
+            for event in events[1 + 2 * burst :]:
+                send.send_nowait(event)
+
+        nursery.start_soon(source)
+        await trio.sleep_until(tick + 0.0001)
+        assert feed.seq == 3, "bulk and rest in one delta at the tick"
+        nursery.cancel_scope.cancel()
+    assert feed.state == reduce(initial, events)[0]
 
 
 async def test_a_room_with_a_long_tick_does_not_hold_reads(

@@ -5,7 +5,7 @@ changes wait for the next tick, sleeping until it. Everything after that — dra
 what is queued, reducing, expiring streaks, encoding and publishing — is one
 synchronous step. A cancellation therefore lands either before
 an event is taken (it stays in the channel) or after it is fully applied; there is
-no state in between (see ``tests/test_actor_cancel.py``).
+no state in between (see ``tests/test_actor.py``, the cancellation at every step).
 
 Publishing is coalesced per tick with a leading and a trailing edge: an idle room
 publishes at once; a busy one at most once per ``tick_s``. Within a tick of a
@@ -46,6 +46,14 @@ from meksd.runtime.stats import RoomCounters
 
 MAX_BATCH = 512
 """Most events reduced in one step; bounds the time one step holds the loop."""
+READ_LEAD_S = 0.004
+"""How long before a bursting room's tick its sources read the tick's bulk (see
+:meth:`RoomActor.read_after`): enough to read, normalize and reduce a burst's tick
+of messages before the publish, so that only the last few are left for the tick."""
+READ_LEAD_EVENTS = 16
+"""A room whose last delta carried at least this many events reads ahead of its tick
+(``READ_LEAD_S``): reading and reducing them at the tick would hold the publish up
+by a millisecond or more (about 85 us per event). Fewer are read at the tick."""
 GRID_SLACK_S = 0.002
 """How late a publish may come after its tick and still keep the room on its grid of
 ticks (see :meth:`RoomActor._publish`): a busy room's publish comes about this little
@@ -135,6 +143,8 @@ class RoomActor:
         restart of the actor); only the actor touches them, synchronously."""
         self._next_publish = -math.inf
         self._applied_since_publish = 0
+        self._applied_last = 0
+        """Events the last delta carried."""
         self._hold_reads = False
         """Whether the last publish carried more than one event: a busy room, whose
         sources read at the tick (see :meth:`read_after`)."""
@@ -184,7 +194,9 @@ class RoomActor:
         all at once, and the step that takes it publishes it. A room at 500 events/s
         then wakes the process about once per tick, not once per event, and its
         events wait no longer than before. Once the tick is over, the time returned is
-        past: they read at once, the leading edge.
+        past: they read at once, the leading edge. In a burst (the last delta carried
+        ``READ_LEAD_EVENTS`` or more), ``READ_LEAD_S`` before the tick while nothing
+        waits: the bulk is read and reduced ahead, the rest at the tick.
 
         ``-inf`` (read at once) in a room whose deltas carry one event each (a
         quieter feed: holding its reads would save nothing and cost a timer each), and
@@ -192,6 +204,8 @@ class RoomActor:
         """
         if not self._hold_reads or self.tick_s > READ_HOLD_MAX_TICK_S:
             return -math.inf
+        if self._applied_last >= READ_LEAD_EVENTS and self.owned.pending.empty:
+            return self._next_publish - min(READ_LEAD_S, self.tick_s / 4)
         return self._next_publish
 
     def _deadline(self) -> float:
@@ -413,5 +427,6 @@ class RoomActor:
         due = self._next_publish
         on_grid = 0 <= now - due <= min(GRID_SLACK_S, self.tick_s / 4)
         self._next_publish = (due if on_grid else now) + self.tick_s
-        self._hold_reads = self._applied_since_publish > 1
+        self._applied_last = self._applied_since_publish
+        self._hold_reads = self._applied_last > 1
         self._applied_since_publish = 0
