@@ -86,7 +86,7 @@ FULL = Profile(
     p3_s=60,
     profile_s=30,
     msgpack_p1_s=60,
-    split_s=30,
+    split_s=20,
 )
 QUICK = Profile(
     name="quick",
