@@ -321,6 +321,14 @@ def passes(r: dict[str, Any], level: float) -> bool:
     )
 
 
+async def _stop(client: Client | None, server: servers.Server, feed: feedmod.FeedServer) -> None:
+    """A session's end: the load client, the server under test, then the feed."""
+    if client is not None:
+        await client.stop()
+    await server.stop()
+    await feed.close()
+
+
 async def single_room_session(kind: str, prof: Profile, out: Path, log: Any) -> dict[str, Any]:
     """One server process, one client: point 1, the burst run, then the ceiling.
 
@@ -395,10 +403,7 @@ async def single_room_session(kind: str, prof: Profile, out: Path, log: Any) -> 
         result["peak_rss_mb"] = Meter(server.pid).peak_rss_mb()
         result["series"] = str(series)
     finally:
-        if client is not None:
-            await client.stop()
-        await server.stop()
-        await feed.close()
+        await _stop(client, server, feed)
     return result
 
 
@@ -435,10 +440,7 @@ async def split_session(kind: str, prof: Profile, out: Path, log: Any) -> dict[s
         await client.ask("final", {})
         return r
     finally:
-        if client is not None:
-            await client.stop()
-        await server.stop()
-        await feed.close()
+        await _stop(client, server, feed)
 
 
 ROOMS_SERVERS = ("meksd", "node-batched")
@@ -478,10 +480,7 @@ async def multi_room_session(
         await client.ask("final", {})
         return r
     finally:
-        if client is not None:
-            await client.stop()
-        await server.stop()
-        await feed.close()
+        await _stop(client, server, feed)
 
 
 async def profile_session(prof: Profile, out: Path, log: Any) -> dict[str, Any]:
@@ -521,10 +520,7 @@ async def profile_session(prof: Profile, out: Path, log: Any) -> dict[str, Any]:
         r["raw"] = str(raw)
         return r
     finally:
-        if client is not None:
-            await client.stop()
-        await server.stop()
-        await feed.close()
+        await _stop(client, server, feed)
 
 
 IDLE_LEAVES = ("EpollIOManager.get_events ", "WorkerThread._work ")

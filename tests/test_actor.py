@@ -255,6 +255,20 @@ async def test_read_after_is_the_next_tick_once_a_delta_carried_several_events(
     assert feed.state == reduce(initial, events)[0]
 
 
+async def make_busy(
+    send: trio.MemorySendChannel[InboxItem], three: list[Event], tick_s: float
+) -> float:
+    """A leading-edge event, then two held for the tick: once the tick has passed, the
+    room's last delta carried two events (busy). Returns when the first was sent."""
+    start = trio.current_time()
+    await send.send(three[0])
+    await trio.sleep(0.0001)
+    await send.send(three[1])
+    await send.send(three[2])
+    await trio.sleep_until(start + tick_s + 0.0001)
+    return start
+
+
 async def test_a_busy_room_publishes_the_batch_its_source_reads_at_the_tick(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -266,12 +280,7 @@ async def test_a_busy_room_publishes_the_batch_its_source_reads_at_the_tick(
     events = make_events(8)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor.run)
-        start = trio.current_time()
-        await send.send(events[0])  # a leading edge, then two held: the room is busy
-        await trio.sleep(0.0001)
-        await send.send(events[1])
-        await send.send(events[2])
-        await trio.sleep_until(start + tick_s + 0.0001)
+        start = await make_busy(send, events[:3], tick_s)
         assert feed.seq == 2
         due = actor.read_after()
         assert due == pytest.approx(start + 2 * tick_s)
@@ -306,12 +315,7 @@ async def test_a_batch_read_at_the_tick_joins_the_delta_that_waits_for_it(
     events = make_events(6)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(actor.run)
-        start = trio.current_time()
-        await send.send(events[0])
-        await trio.sleep(0.0001)
-        await send.send(events[1])
-        await send.send(events[2])
-        await trio.sleep_until(start + tick_s + 0.0001)
+        start = await make_busy(send, events[:3], tick_s)
         assert feed.seq == 2
         await send.send(events[3])  # held by the actor until the tick
         await trio.sleep(0.0001)
