@@ -390,6 +390,41 @@ async def test_after_wait_holds_for_the_next_call_only(
     assert (first, second) == (["first"], ["second"])
 
 
+async def test_wait_readable_waits_only_when_a_read_would(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Messages that came with the 101 are there to take: no wait, no checkpoint. Once
+    a read has drained the socket it waits for the next bytes (True), and the read
+    after ``after_wait`` takes them at once."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.stream.send_all(await peer.accept() + text("first"))
+        await trio.sleep(1)
+        await peer.stream.send_all(text("second"))
+        await trio.sleep(1)
+        await peer.stream.send_all(text("third"))
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await serve_raw(nursery, handler)
+            async with open_feed(port) as conn:
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    assert await conn.wait_readable() is False, "a message is there to take"
+                assert not scope.cancelled_caught, "and it was no checkpoint"
+                got = [await conn.receive_messages()]
+                got.append(await conn.receive_messages())  # reads until the socket is empty
+                start = trio.current_time()
+                assert await conn.wait_readable() is True
+                woke = trio.current_time() - start
+                conn.after_wait()
+                got.append(await conn.receive_messages())
+            nursery.cancel_scope.cancel()
+    assert got == [["first"], ["second"], ["third"]]
+    assert woke == pytest.approx(1.0, abs=0.01)
+
+
 async def test_a_101_written_in_pieces_completes_the_handshake(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -142,11 +142,9 @@ class RoomActor:
         """The operators' buckets for ``reply_limit`` (the room's, so that they outlive a
         restart of the actor); only the actor touches them, synchronously."""
         self._next_publish = -math.inf
-        self._applied_since_publish = 0
-        self._applied_last = 0
-        """Events the last delta carried."""
-        self._hold_reads = False
-        """Whether the last publish carried more than one event: a busy room, whose
+        self._taken_since_publish = 0
+        self._last_delta_events = 0
+        """Events the last delta carried: more than one makes a busy room, whose
         sources read at the tick (see :meth:`read_after`)."""
         self._log = logger.bind(room=owned.state.room_id)
 
@@ -160,8 +158,8 @@ class RoomActor:
                 # inbox and is applied in one batch right before the publish, one step
                 # per tick instead of one per event.
                 await trio.sleep_until(self._deadline())
-                if self._hold_reads:
-                    # The room's sources wake at this same instant to read what the
+                if self._last_delta_events > 1:
+                    # A busy room's sources wake at this same instant to read what the
                     # feed sent during the tick (read_after): one more turn of the
                     # loop lets them hand it over, so that this step publishes it with
                     # the rest instead of holding it for another tick.
@@ -202,9 +200,9 @@ class RoomActor:
         quieter feed: holding its reads would save nothing and cost a timer each), and
         when the tick is longer than ``READ_HOLD_MAX_TICK_S``.
         """
-        if not self._hold_reads or self.tick_s > READ_HOLD_MAX_TICK_S:
+        if self._last_delta_events <= 1 or self.tick_s > READ_HOLD_MAX_TICK_S:
             return -math.inf
-        if self._applied_last >= READ_LEAD_EVENTS and self.owned.pending.empty:
+        if self._last_delta_events >= READ_LEAD_EVENTS and self.owned.pending.empty:
             return self._next_publish - min(READ_LEAD_S, self.tick_s / 4)
         return self._next_publish
 
@@ -297,7 +295,7 @@ class RoomActor:
         if not events:
             return state, pending, since
         self.counters.events += len(events)
-        self._applied_since_publish += len(events)
+        self._taken_since_publish += len(events)
         state, delta = self._reduce(state, events)
         return state, merge(pending, delta), min(since, min(e.received_at for e in events))
 
@@ -427,6 +425,5 @@ class RoomActor:
         due = self._next_publish
         on_grid = 0 <= now - due <= min(GRID_SLACK_S, self.tick_s / 4)
         self._next_publish = (due if on_grid else now) + self.tick_s
-        self._applied_last = self._applied_since_publish
-        self._hold_reads = self._applied_last > 1
-        self._applied_since_publish = 0
+        self._last_delta_events = self._taken_since_publish
+        self._taken_since_publish = 0
