@@ -288,6 +288,10 @@ async def test_a_busy_room_publishes_the_batch_its_source_reads_at_the_tick(
         await trio.sleep_until(due + 0.0015)
         for event in events[3:6]:
             send.send_nowait(event)
+        # Asked right after the hand-over, before the actor's step: the tick after the
+        # publish that step makes (the source sleeps until it, not until a message).
+        assert feed.seq == 2
+        assert actor.read_after() == pytest.approx(due + tick_s), "the next tick, foreseen"
         await trio.sleep(0.0001)
         assert feed.seq == 3, "published by the step that took the batch"
         assert actor.read_after() == pytest.approx(due + tick_s), "the grid, not now + tick"
@@ -297,6 +301,7 @@ async def test_a_busy_room_publishes_the_batch_its_source_reads_at_the_tick(
         await trio.sleep_until(late_at)
         send.send_nowait(events[6])
         send.send_nowait(events[7])
+        assert actor.read_after() == pytest.approx(late_at + tick_s), "foreseen: a new grid"
         await trio.sleep(0.0001)
         assert feed.seq == 4
         assert actor.read_after() == pytest.approx(late_at + tick_s)
@@ -366,10 +371,15 @@ async def test_a_bursting_room_reads_the_bulk_ahead_of_its_tick_and_the_rest_at_
             await trio.sleep_until(actor.read_after())
             for event in events[1 + 2 * burst :]:
                 send.send_nowait(event)
+            foreseen.append(actor.read_after())
 
+        foreseen: list[float] = []
         nursery.start_soon(source)
         await trio.sleep_until(tick + 0.0001)
         assert feed.seq == 3, "bulk and rest in one delta at the tick"
+        after = tick + tick_s - READ_LEAD_S
+        assert foreseen == [pytest.approx(after)], "asked at the hand-over: the next bulk's read"
+        assert actor.read_after() == pytest.approx(after)
         nursery.cancel_scope.cancel()
     assert feed.state == reduce(initial, events)[0]
 

@@ -300,6 +300,43 @@ async def test_reads_wait_for_read_after_and_what_waited_is_read_in_one_batch(
     assert stats.last_record_at == pytest.approx(5.0)
 
 
+async def test_a_held_read_hands_its_batch_over_within_one_turn_of_the_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A source that slept until its room's tick reads at once (a tick's worth is
+    there), without first waiting on its socket, which takes a turn of trio's loop of
+    its own: a task woken at the same tick finds the batch handed over after one
+    checkpoint, as the actor, which takes one more turn at its tick, expects (see
+    RoomActor.run). Eight ticks: trio runs each turn's tasks in a random order."""
+    tick_s = 0.016
+    ticks = [1.0 + i * tick_s for i in range(8)]
+    sent = trio.Event()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        for i, tick in enumerate(ticks):
+            await trio.sleep_until(tick - tick_s / 2)
+            await ws.send_message(f"m{i}")
+        sent.set()
+        await trio.sleep_forever()
+
+    due = iter(ticks)
+    sink = BatchRecorder()
+    pacing = Pacing(read_after=lambda: next(due, math.inf))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, handler)
+            nursery.start_soon(WebsocketSource(ws_config(port), pacing=pacing).run, sink)
+            for i, tick in enumerate(ticks):
+                await trio.sleep_until(tick)
+                await trio.lowlevel.checkpoint()
+                assert [[r.payload for r in call] for call in sink.calls] == [
+                    [f"m{j}"] for j in range(i + 1)
+                ], f"tick {i}"
+            await sent.wait()
+            nursery.cancel_scope.cancel()
+
+
 async def test_push_all_into_a_plain_channel_sends_one_by_one_in_order(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

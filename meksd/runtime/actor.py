@@ -13,7 +13,7 @@ publish, a busy room's push sources do not read (:meth:`RoomActor.read_after`): 
 feed's bytes wait in the kernel and are read, normalized and handed over in one
 batch at the tick, and the step that takes that batch publishes it. A room at 500
 events/s takes about 60 steps a second instead of 500, and its process wakes about
-once or twice per tick instead of once per event. Events that arrive while a delta
+once per tick instead of once per event. Events that arrive while a delta
 waits (in a quieter room, whose sources read at once) stay in the inbox (bounded,
 so backpressure still reaches the source) and are reduced together right before the
 publish; commands and probes wait at most one tick. The changes waiting for the
@@ -202,9 +202,31 @@ class RoomActor:
         """
         if self._last_delta_events <= 1 or self.tick_s > READ_HOLD_MAX_TICK_S:
             return -math.inf
-        if self._last_delta_events >= READ_LEAD_EVENTS and self.owned.pending.empty:
-            return self._next_publish - min(READ_LEAD_S, self.tick_s / 4)
-        return self._next_publish
+        tick = self._next_publish
+        publishing = False
+        now = trio.current_time()
+        if now >= tick and self.inbox.statistics().current_buffer_used:
+            # What a source just handed over waits in the inbox, and the step that
+            # takes it publishes it: answer with the tick after that publish, so that
+            # the source sleeps until then instead of waking for the feed's next
+            # message only to learn it. (Should that step publish nothing, its
+            # events all duplicates, the source reads one tick later than it could,
+            # the wait any event has in a busy room.)
+            tick, publishing = self._tick_after(tick, now), True
+        if self._last_delta_events >= READ_LEAD_EVENTS and (publishing or self.owned.pending.empty):
+            return tick - min(READ_LEAD_S, self.tick_s / 4)
+        return tick
+
+    def _tick_after(self, due: float, now: float) -> float:
+        """The next tick after a publish at ``now`` of the tick ``due``.
+
+        A busy room keeps to a grid of ticks: its publish comes a little after the tick
+        was due (the wake-up, and the batch its sources read at the tick), and the next
+        tick is one tick after this one was due, not after it came. A later publish (an
+        idle room's leading edge) starts a new grid.
+        """
+        on_grid = 0 <= now - due <= min(GRID_SLACK_S, self.tick_s / 4)
+        return (due if on_grid else now) + self.tick_s
 
     def _deadline(self) -> float:
         owned = self.owned
@@ -418,12 +440,6 @@ class RoomActor:
         feed.publish(seq, body, owned.state, owned.pending_since)
         self.owned = Owned(owned.state)
         self.counters.deltas += 1
-        # A busy room keeps to a grid of ticks: its publish comes a little after the
-        # tick was due (the wake-up, and the batch its sources read at the tick), and
-        # the next tick is one tick after this one was due, not after it came. A later
-        # publish (an idle room's leading edge) starts a new grid.
-        due = self._next_publish
-        on_grid = 0 <= now - due <= min(GRID_SLACK_S, self.tick_s / 4)
-        self._next_publish = (due if on_grid else now) + self.tick_s
+        self._next_publish = self._tick_after(self._next_publish, now)
         self._last_delta_events = self._taken_since_publish
         self._taken_since_publish = 0

@@ -177,10 +177,12 @@ class WebsocketSource:
         self._log.bind(event="source_connected").info("connected to {url}", url=cfg.url)
         while True:  # ends with FeedClosed (or a stream error): _describe says why
             # Read when the room wants the messages (its next tick, see
-            # Pacing.before_read), asked again once the feed has sent something: the
-            # room may have published, and moved its tick, while this task waited.
+            # Pacing.before_read): after sleeping until the tick, at once (a tick's
+            # worth is there); otherwise once the feed has sent something, asked again
+            # then: the room may have published, and moved its tick, while this task
+            # waited on its socket.
             waited = await self._pacing.before_read()
-            if await conn.wait_readable():
+            if not waited and await conn.wait_readable():
                 await self._pacing.before_read()
                 waited = True
             if waited:
