@@ -35,6 +35,10 @@ class RawClient:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self._buf = bytearray()
+        self.pings: list[float] = []
+        """When each ping came (``trio.current_time()``)."""
+        self.answer_pings = True
+        """False: pings are noted, never answered (a client that stopped responding)."""
         self.status = 0
         self.body = b""
         self.headers: dict[str, str] = {}
@@ -109,7 +113,8 @@ class RawClient:
         await self.send_frame(TEXT, text.encode() if isinstance(text, str) else text)
 
     async def recv_frame(self) -> tuple[int, bytes]:
-        """The next frame from the server (unmasked), answering pings on the way."""
+        """The next frame from the server (unmasked), answering pings on the way
+        (unless ``answer_pings`` is off)."""
         while True:
             b0, b1 = await self._take(2)
             n = b1 & 0x7F
@@ -120,7 +125,9 @@ class RawClient:
             payload = await self._take(n)
             opcode = b0 & 0x0F
             if opcode == PING:
-                await self.send_frame(PONG, payload)
+                self.pings.append(trio.current_time())
+                if self.answer_pings:
+                    await self.send_frame(PONG, payload)
                 continue
             if opcode == CLOSE:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None

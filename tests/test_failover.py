@@ -17,7 +17,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 from meksd.core.failover import Policy
 from meksd.model.raw import RawRecord
 from meksd.runtime.actor import InboxItem
-from meksd.runtime.failover import SourceSelector
+from meksd.runtime.failover import CHECK_S, SourceSelector
 from meksd.runtime.health import room_readiness
 from meksd.runtime.metrics import Metrics
 from meksd.runtime.sources.base import BatchSink, SourceMeter, SourceStatistics
@@ -340,6 +340,42 @@ async def test_failures_are_counted_in_a_row_and_not_against_a_source_taken_back
             await trio.sleep(1)
             assert selector.active == 0 and counters.failovers == 1
             nursery.cancel_scope.cancel()
+
+
+class _Watched(_Scripted):
+    """A scripted source that notes when the room's monitor looks at it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.looked_at: list[float] = []
+
+    def statistics(self) -> SourceStatistics:
+        self.looked_at.append(trio.current_time())
+        return super().statistics()
+
+
+async def test_every_rooms_monitor_looks_at_the_same_instants_of_the_check_grid(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two rooms' monitors, started 0.1 s apart, look at their sources at the same
+    instants, the multiples of CHECK_S (one wake-up of the process for all rooms;
+    meksd.runtime.grid), and still at least every CHECK_S."""
+    sources = [_Watched("a:0"), _Watched("b:0")]
+    send, _receive = trio.open_memory_channel[RawRecord](math.inf)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await trio.sleep(0.03)
+            for source in sources:
+                selector = live_selector(
+                    [source], watch=[False], stall_s=1000, counters=RoomCounters()
+                )
+                await nursery.start(selector.run, send)
+                await trio.sleep(0.1)
+            await trio.sleep(2)
+            nursery.cancel_scope.cancel()
+    looks = [sorted({t for t in source.looked_at if 0.5 <= t <= 2.0}) for source in sources]
+    assert looks[0] == looks[1]
+    assert looks[0] == pytest.approx([0.5 + i * CHECK_S for i in range(7)])
 
 
 async def test_failover_metrics_are_exposed(autojump_clock: trio.testing.MockClock) -> None:

@@ -36,6 +36,7 @@ from meksd.model.state import Reply
 from meksd.runtime.actor import InboxItem, Owned
 from meksd.runtime.admin import AdminServer
 from meksd.runtime.commands import CommandRouter
+from meksd.runtime.grid import next_on_grid
 from meksd.runtime.hub import Hub, RoomFeed
 from meksd.runtime.metrics import Metrics
 from meksd.runtime.notify import Notifier, NotifyError, run_watchdog, watchdog_interval
@@ -264,7 +265,7 @@ class App:
 async def _flush_log_summaries() -> None:
     """Write rate-limited log summaries ("suppressed K similar lines") within a second."""
     while True:
-        await trio.sleep(1.0)
+        await trio.sleep_until(next_on_grid(trio.current_time(), 1.0))
         flush_suppressed()
 
 
@@ -272,7 +273,7 @@ async def _report_status(app: App, notifier: Notifier) -> None:
     """``STATUS=`` for ``systemctl status``: rooms, dashboards, events/s."""
     last_total, last_at = app.events_total(), trio.current_time()
     while True:
-        await trio.sleep(STATUS_EVERY_S)
+        await trio.sleep_until(next_on_grid(trio.current_time(), STATUS_EVERY_S))
         total, now = app.events_total(), trio.current_time()
         rate = (total - last_total) / max(now - last_at, 1e-9)
         last_total, last_at = total, now

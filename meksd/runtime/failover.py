@@ -53,13 +53,15 @@ from meksd.core.failover import (
 )
 from meksd.model.raw import RawRecord
 from meksd.model.state import LiveStatus
+from meksd.runtime.grid import next_on_grid
 from meksd.runtime.sources.base import Source
 from meksd.runtime.stats import RoomCounters
 
 __all__ = ["CHECK_S", "CRASH_BACKOFF_S", "RecordChannel", "SourceSelector"]
 
 CHECK_S = 0.25
-"""The monitor looks at the sources' failure counts at least this often."""
+"""The monitor looks at the sources' failure counts at least this often, at the
+multiples of ``CHECK_S`` on trio's clock (shared by every room's monitor)."""
 CRASH_BACKOFF_S = (0.5, 2.0, 5.0, 15.0)
 """Delays before restarting a source whose ``run`` raised, by consecutive crashes."""
 
@@ -182,7 +184,11 @@ class SourceSelector:
             assert self._selection is not None
             now = trio.current_time()
             deadline = stall_deadline(self._selection, self.policy, self._live())
-            wake = now + CHECK_S if deadline is None else min(deadline, now + CHECK_S)
+            # The next instant of the process's CHECK_S grid (meksd.runtime.grid): every
+            # room's monitor wakes the process at the same instants, not each on its own.
+            wake = next_on_grid(now, CHECK_S)
+            if deadline is not None:
+                wake = min(deadline, wake)
             await trio.sleep_until(wake)
             now = trio.current_time()
             live = self._live()
