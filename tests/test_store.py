@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+import trio.testing
 from loguru import logger
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,6 +26,7 @@ from meksd.errors import StoreBusyError
 from meksd.model.events import ChatMessage, User
 from meksd.model.state import RoomConfig, RoomState
 from meksd.runtime.app import App
+from meksd.runtime.store import RoomStore
 from meksd.runtime.storedb import SCHEMA_VERSION, RoomWrite, StoreDB, store_path
 from tests.support import DashClient, open_dashboard, serve_feed
 
@@ -655,3 +658,32 @@ async def test_a_version_1_store_is_read_and_upgraded(
             assert stored is not None and stored.parts, "rewritten as a head and parts"
         finally:
             db.close()
+
+
+async def test_flushes_keep_to_the_grid_and_follow_at_once_when_one_overran(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Flushes start at the multiples of flush_s (the instants the rooms' failover
+    checks use); a flush that took longer than flush_s is followed at once, not at the
+    next instant (storage.md: the bound is then the length of a flush)."""
+    store = RoomStore(tmp_path / "grid.sqlite3", flush_s=0.25, rooms=list)
+    lengths = iter([0.05, 0.4, 0.05])
+    starts: list[float] = []
+
+    async def timed_flush(*, final: bool = False) -> bool:
+        starts.append(trio.current_time())
+        await trio.sleep(next(lengths, 0.05))
+        return True
+
+    store.flush = timed_flush  # type: ignore[method-assign]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            autojump_clock.autojump_threshold = math.inf  # the file opens in a thread
+            await nursery.start(store.run)
+            autojump_clock.autojump_threshold = 0
+            while len(starts) < 4:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    first = starts[0]
+    assert first / 0.25 == pytest.approx(round(first / 0.25))
+    assert starts == pytest.approx([first, first + 0.25, first + 0.65, first + 0.75])

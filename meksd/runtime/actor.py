@@ -56,7 +56,7 @@ READ_LEAD_EVENTS = 16
 by a millisecond or more (about 85 us per event). Fewer are read at the tick."""
 GRID_SLACK_S = 0.002
 """How late a publish may come after its tick and still keep the room on its grid of
-ticks (see :meth:`RoomActor._publish`): a busy room's publish comes about this little
+ticks (see :meth:`RoomActor._tick_after`): a busy room's publish comes about this little
 after the tick (the wake-up, and the batch its sources read at the tick). A later one
 is an idle room's leading edge and starts a new grid, so that two deltas are never
 less than a tick minus this apart."""
@@ -194,7 +194,9 @@ class RoomActor:
         events wait no longer than before. Once the tick is over, the time returned is
         past: they read at once, the leading edge. In a burst (the last delta carried
         ``READ_LEAD_EVENTS`` or more), ``READ_LEAD_S`` before the tick while nothing
-        waits: the bulk is read and reduced ahead, the rest at the tick.
+        waits: the bulk is read and reduced ahead, the rest at the tick. Asked right
+        after a source handed its batch over at the tick, before the step that
+        publishes it, the answer is already the tick after that publish.
 
         ``-inf`` (read at once) in a room whose deltas carry one event each (a
         quieter feed: holding its reads would save nothing and cost a timer each), and

@@ -210,11 +210,15 @@ class RoomStore:
             await trio.to_thread.run_sync(self._open_and_load)
         try:
             task_status.started()
+            # At the multiples of flush_s on trio's clock (meksd.runtime.grid): the same
+            # instants as the rooms' failover checks with the default 250 ms. A flush
+            # that took longer than flush_s is followed at once (back to back), not at
+            # the next instant: the bound on what a crash loses stays one flush long.
+            due = next_on_grid(trio.current_time(), self.flush_s)
             while True:
-                # At the multiples of flush_s on trio's clock (meksd.runtime.grid): the
-                # same instants as the rooms' failover checks with the default 250 ms.
-                await trio.sleep_until(next_on_grid(trio.current_time(), self.flush_s))
+                await trio.sleep_until(due)
                 await self.flush()
+                due = max(next_on_grid(due, self.flush_s), trio.current_time())
         finally:
             if not self._busy.locked():  # else close() is flushing; it releases
                 self._release()
